@@ -1,0 +1,5 @@
+//! The `mayfly` command.
+
+fn main() {
+    println!("mayfly {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! Container definitions, the rootless process runtime and ephemeral services.

@@ -1,0 +1,1 @@
+//! Network sandbox plumbing: namespaces, links, addresses, DNS and tunnels.
