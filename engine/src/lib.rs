@@ -1,1 +1,2 @@
 //! Container definitions, the rootless process runtime and ephemeral services.
+pub mod config;
