@@ -1,0 +1,73 @@
+# Shared setup for mayfly's benchmarks; sourced by the bench/* scripts, run as root.
+#
+# Every benchmark runs mayfly and its peer as the same unprivileged user (mayfly-ci, from
+# scripts/setup-host) against the local registries, so both pay the same costs. Debian's rootless
+# Podman 4.3 needs /dev/net/tun usable by the user, overlay in its storage.conf and iptables;
+# bench_podman_setup arranges that and bench_restore puts back what it changed.
+
+set -euo pipefail
+
+bench_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bench_user=${MAYFLY_TEST_USER:-mayfly-ci}
+bench_runs=${BENCH_RUNS:-5}
+bench_work=/var/tmp/mayfly-bench
+export PATH="$HOME/.cargo/bin:$PATH"
+
+bench_restore_steps=()
+bench_restore() {
+  local step
+  for step in "${bench_restore_steps[@]}"; do
+    eval "$step" || echo "bench: failed to restore: $step" >&2
+  done
+}
+trap bench_restore EXIT
+
+# Builds the release binary into a directory the bench user can read.
+bench_build_mayfly() {
+  export CARGO_TARGET_DIR=/var/cache/mayfly-ci/target
+  (cd "$bench_repo" && cargo build --release -q -p mayfly)
+  mayfly_bin=$CARGO_TARGET_DIR/release/mayfly
+}
+
+# Runs a command as the bench user with a private home under $bench_work.
+as_bench_user() {
+  local home=$bench_work/home
+  mkdir -p "$home"
+  chown "$bench_user:" "$bench_work" "$home"
+  setpriv --reuid="$bench_user" --regid="$bench_user" --init-groups \
+    env -u XDG_RUNTIME_DIR HOME="$home" USER="$bench_user" \
+    MAYFLY_REGISTRIES_CONF=/var/lib/mayfly-ci/registries.conf \
+    CONTAINERS_REGISTRIES_CONF=/var/lib/mayfly-ci/registries.conf \
+    "$@"
+}
+
+bench_podman_setup() {
+  local tun_mode
+  tun_mode=$(stat -c %a /dev/net/tun)
+  if [[ $tun_mode != 666 ]]; then
+    chmod 0666 /dev/net/tun
+    bench_restore_steps+=("chmod $tun_mode /dev/net/tun")
+  fi
+  local config=$bench_work/home/.config/containers
+  mkdir -p "$config"
+  cat >"$config/storage.conf" <<CONF
+[storage]
+driver = "overlay"
+CONF
+  chown -R "$bench_user:" "$bench_work/home"
+}
+
+# Prints the median of a hyperfine JSON export, in seconds.
+bench_median() {
+  jq -r '.results[0].median' "$1"
+}
+
+bench_ratio() {
+  python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"
+}
+
+bench_machine() {
+  printf '%s, %s cores, %s GiB, kernel %s\n' \
+    "$(. /etc/os-release && echo "$PRETTY_NAME")" "$(nproc)" \
+    "$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1048576))" "$(uname -r)"
+}
