@@ -14,3 +14,8 @@ pub use in_namespace::{NetNs, NetnsError, NetnsThread, NsId};
 pub mod sandbox;
 
 pub use sandbox::{Attachment, BridgeAddress, Sandbox, SandboxConfig, SandboxError};
+pub mod tunnel;
+
+pub use tunnel::{PortHolder, TcpForward, TunnelConfig, TunnelError, UdpForward};
+
+mod log_limit;

@@ -7,6 +7,7 @@
 
 mod bridge;
 mod support;
+mod tunnel;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -25,5 +26,6 @@ fn main() -> ExitCode {
 
     let mut trials = Vec::new();
     trials.extend(bridge::trials());
+    trials.extend(tunnel::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }

@@ -127,9 +127,10 @@ pub fn wait_for_fd_baseline(baseline: usize) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
+            let targets = fd_targets();
             bail!(
-                "open fds did not return to the baseline of {baseline}: {now} open: {:?}",
-                fd_targets()
+                "open fds did not return to the baseline of {baseline}: {now} open, the first: {:?}",
+                &targets[..targets.len().min(40)]
             );
         }
         std::thread::sleep(Duration::from_millis(20));
