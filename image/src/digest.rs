@@ -127,6 +127,14 @@ impl DigestHasher {
     }
 }
 
+impl fmt::Debug for DigestHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DigestHasher")
+            .field("length", &self.length)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A reader that hashes every byte it passes on; `finish` yields the digest of all of them.
 pub struct HashingReader<R> {
     inner: R,
