@@ -308,4 +308,4 @@ fn display_name(name: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

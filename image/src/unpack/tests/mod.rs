@@ -4,5 +4,5 @@ mod hostile;
 mod isolated;
 mod owners;
 mod properties;
-mod support;
+pub(crate) mod support;
 mod whiteouts;
