@@ -8,14 +8,15 @@
 //! [`NetnsThread`] that entered that namespace and checked that it did.
 #![forbid(unsafe_code)]
 
+pub mod dns;
 pub mod in_namespace;
-
-pub use in_namespace::{NetNs, NetnsError, NetnsThread, NsId};
 pub mod sandbox;
-
-pub use sandbox::{Attachment, BridgeAddress, Sandbox, SandboxConfig, SandboxError};
 pub mod tunnel;
 
-pub use tunnel::{PortHolder, TcpForward, TunnelConfig, TunnelError, UdpForward};
-
 mod log_limit;
+mod task;
+
+pub use dns::{DnsConfig, DnsError, DnsRegistry, DnsServer, DnsStats};
+pub use in_namespace::{NetNs, NetnsError, NetnsThread, NsId};
+pub use sandbox::{Attachment, BridgeAddress, Sandbox, SandboxConfig, SandboxError};
+pub use tunnel::{PortHolder, TcpForward, TunnelConfig, TunnelError, UdpForward};

@@ -56,6 +56,14 @@ impl LogLimiter {
             None
         }
     }
+
+    /// Number of lines suppressed since this limiter was created.
+    pub fn suppressed(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .total_suppressed
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +78,7 @@ mod tests {
         assert_eq!(limiter.allow_at(start), Some(0));
         assert_eq!(limiter.allow_at(start), None);
         assert_eq!(limiter.allow_at(start + Duration::from_millis(999)), None);
+        assert_eq!(limiter.suppressed(), 2);
     }
 
     #[test]
@@ -82,11 +91,13 @@ mod tests {
         let later = start + Duration::from_secs(1);
         assert_eq!(limiter.allow_at(later), Some(2));
         assert_eq!(limiter.allow_at(later), None);
+        assert_eq!(limiter.suppressed(), 3);
     }
 
     #[test]
     fn zero_rate_suppresses_all() {
         let limiter = LogLimiter::new(0);
         assert_eq!(limiter.allow(), None);
+        assert_eq!(limiter.suppressed(), 1);
     }
 }

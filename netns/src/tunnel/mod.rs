@@ -90,17 +90,6 @@ fn holder_suffix(holder: &Option<PortHolder>) -> String {
     }
 }
 
-/// Aborts a task when dropped. Aborting the task that owns a `JoinSet`
-/// aborts every task in the set, which closes their sockets.
-#[derive(Debug)]
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What every connection or flow of one tunnel shares for its logs.
 #[derive(Debug)]
 struct TunnelLog {

@@ -13,8 +13,9 @@ use tokio::time::timeout;
 
 use super::port_holder::{self, Protocol};
 use super::splice::relay;
-use super::{AbortOnDrop, TunnelConfig, TunnelError, TunnelLog};
+use super::{TunnelConfig, TunnelError, TunnelLog};
 use crate::in_namespace::{NetnsError, NetnsThread};
+use crate::task::AbortOnDrop;
 
 /// A TCP tunnel. Dropping it closes the listener and every relayed
 /// connection.

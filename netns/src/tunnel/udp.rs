@@ -12,8 +12,9 @@ use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
 use super::port_holder::{self, Protocol};
-use super::{AbortOnDrop, TunnelConfig, TunnelError, TunnelLog};
+use super::{TunnelConfig, TunnelError, TunnelLog};
 use crate::in_namespace::{NetnsError, NetnsThread};
+use crate::task::AbortOnDrop;
 
 /// Largest UDP payload over IPv4 or IPv6 without jumbograms.
 const MAX_DATAGRAM: usize = 65_535;

@@ -6,6 +6,7 @@
 //! every trial reports "skipped" with the reason.
 
 mod bridge;
+mod dns;
 mod support;
 mod tunnel;
 
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
 
     let mut trials = Vec::new();
     trials.extend(bridge::trials());
+    trials.extend(dns::trials());
     trials.extend(tunnel::trials());
     libtest_mimic::run(&args, trials).exit_code()
 }
