@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::sys::stat::{
-    fchmod, fchmodat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, FileStat,
-    Mode, SFlag, UtimensatFlags,
+    fchmod, fchmodat, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags,
+    FileStat, Mode, SFlag, UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
@@ -25,7 +25,7 @@ use super::whiteout::{self, WhiteoutForm, WhiteoutName};
 use super::{display_name, sys, Compression, EntryCounts, UnpackError, UnpackWarnings};
 use crate::digest::Digest;
 
-/// What occupied a path before an entry was created there.
+/// Previous occupant of the path where an entry is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Existing {
     Nothing,
@@ -37,7 +37,17 @@ enum Existing {
     Other,
 }
 
-/// Where to change an owner or a time: an open descriptor, or a name in a directory that is
+/// Mode and time of a directory entry, and the inode they belong to: if a later entry
+/// replaced the directory, the inode differs and they are dropped.
+#[derive(Debug, Clone, Copy)]
+struct DeferredDirectory {
+    mode: u32,
+    mtime: TimeSpec,
+    device: u64,
+    inode: u64,
+}
+
+/// Target of an owner or time change: an open descriptor, or a name in a directory that is
 /// never followed if it is a symlink.
 #[derive(Clone, Copy)]
 enum Target<'a> {
@@ -53,11 +63,11 @@ pub(crate) struct Unpacker {
     id_maps: IdMaps,
     counts: EntryCounts,
     warnings: UnpackWarnings,
-    /// Directory modes and times, applied after the last entry, by real path in the root.
-    deferred_directories: BTreeMap<RootPath, (u32, TimeSpec)>,
+    /// Directory modes and times, applied after the last entry, by entry path.
+    deferred_directories: BTreeMap<RootPath, DeferredDirectory>,
     /// Device entries that were skipped, so hardlinks to them are skipped too.
     skipped_paths: HashSet<RootPath>,
-    /// Xattr whiteouts created so far, by real path in the root.
+    /// Xattr whiteouts created so far, by entry path.
     xattr_whiteouts: HashSet<RootPath>,
 }
 
@@ -162,9 +172,9 @@ impl Unpacker {
             .collect();
         directories.sort_by_key(|(path, _)| Reverse(path.depth()));
 
-        for (path, (mode, mtime)) in directories {
+        for (path, deferred) in directories {
             let name = display_name(&path.to_bytes());
-            let dir = match self.root.open_real_dir(&path, libc::O_RDONLY) {
+            let dir = match self.root.open_dir(&path, libc::O_RDONLY | libc::O_NOFOLLOW) {
                 Ok(dir) => dir,
                 // A later entry replaced the directory; its metadata went with it.
                 Err(error)
@@ -177,9 +187,14 @@ impl Unpacker {
                 }
                 Err(error) => return Err(self.fs_error(&name, "open the directory", error)),
             };
-            fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(mode))
+            let stat = fstat(dir.as_raw_fd())
+                .map_err(|errno| self.fs_error(&name, "inspect the directory", errno.into()))?;
+            if (stat.st_dev, stat.st_ino) != (deferred.device, deferred.inode) {
+                continue;
+            }
+            fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(deferred.mode))
                 .map_err(|errno| self.fs_error(&name, "set the directory mode", errno.into()))?;
-            futimens(dir.as_raw_fd(), &mtime, &mtime)
+            futimens(dir.as_raw_fd(), &deferred.mtime, &deferred.mtime)
                 .map_err(|errno| self.fs_error(&name, "set the directory times", errno.into()))?;
         }
         Ok((self.counts, self.warnings))
@@ -213,7 +228,7 @@ impl Unpacker {
         name: &str,
     ) -> Result<(), UnpackError> {
         let (parent, file_name) = self.parent_of(path, name)?;
-        self.clear_slot(&parent, &file_name, false, name)?;
+        self.clear_slot(&parent, &file_name, path, false, name)?;
         let fd = sys::open_beneath(
             parent.as_fd(),
             &file_name,
@@ -280,11 +295,11 @@ impl Unpacker {
     ) -> Result<(), UnpackError> {
         let dir = if path.is_root() {
             self.root
-                .open_real_dir(path, libc::O_RDONLY)
+                .open_dir(path, libc::O_RDONLY)
                 .map_err(|error| self.fs_error(name, "open the layer root", error))?
         } else {
             let (parent, dir_name) = self.parent_of(path, name)?;
-            let existing = self.clear_slot(&parent, &dir_name, true, name)?;
+            let existing = self.clear_slot(&parent, &dir_name, path, true, name)?;
             if existing != Existing::Directory {
                 mkdirat(Some(parent.as_raw_fd()), dir_name.as_c_str(), Mode::S_IRWXU)
                     .map_err(|errno| self.fs_error(name, "create the directory", errno.into()))?;
@@ -307,12 +322,15 @@ impl Unpacker {
 
         self.set_owner(Target::Fd(dir.as_fd()), metadata, name)?;
         self.set_xattrs(dir.as_fd(), metadata, name)?;
-        let real_path = self
-            .root
-            .path_of(dir.as_fd())
-            .map_err(|error| self.fs_error(name, "find the directory's path", error))?;
-        self.deferred_directories
-            .insert(real_path, (metadata.mode, metadata.mtime));
+        let stat = fstat(dir.as_raw_fd())
+            .map_err(|errno| self.fs_error(name, "inspect the directory", errno.into()))?;
+        let deferred = DeferredDirectory {
+            mode: metadata.mode,
+            mtime: metadata.mtime,
+            device: stat.st_dev,
+            inode: stat.st_ino,
+        };
+        self.deferred_directories.insert(path.clone(), deferred);
         self.counts.directories += 1;
         Ok(())
     }
@@ -330,7 +348,7 @@ impl Unpacker {
         let target = sys::c_string(&target)
             .map_err(|_| self.invalid_name(name, "the symlink target contains a NUL byte"))?;
         let (parent, link_name) = self.parent_of(path, name)?;
-        self.clear_slot(&parent, &link_name, false, name)?;
+        self.clear_slot(&parent, &link_name, path, false, name)?;
 
         // The target is stored verbatim: it is resolved later, inside the container's root.
         symlinkat(
@@ -342,6 +360,8 @@ impl Unpacker {
         let at = Target::At(parent.as_fd(), &link_name);
         self.set_owner(at, metadata, name)?;
         self.set_times_at(at, metadata, name)?;
+        // Linux permits user.* xattrs only on regular files and directories.
+        self.warnings.skipped_xattrs += metadata.xattrs.len() as u64;
         self.counts.symlinks += 1;
         Ok(())
     }
@@ -399,7 +419,7 @@ impl Unpacker {
         let target_file = sys::c_string(target_file)
             .map_err(|error| self.fs_error(name, "resolve the hardlink target", error))?;
         let (parent, link_name) = self.parent_of(path, name)?;
-        self.clear_slot(&parent, &link_name, false, name)?;
+        self.clear_slot(&parent, &link_name, path, false, name)?;
 
         match linkat(
             Some(target_dir.as_raw_fd()),
@@ -424,7 +444,7 @@ impl Unpacker {
         name: &str,
     ) -> Result<(), UnpackError> {
         let (parent, fifo_name) = self.parent_of(path, name)?;
-        self.clear_slot(&parent, &fifo_name, false, name)?;
+        self.clear_slot(&parent, &fifo_name, path, false, name)?;
         mknodat(
             Some(parent.as_raw_fd()),
             fifo_name.as_c_str(),
@@ -445,6 +465,7 @@ impl Unpacker {
         )
         .map_err(|errno| self.fs_error(name, "set the FIFO mode", errno.into()))?;
         self.set_times_at(at, metadata, name)?;
+        self.warnings.skipped_xattrs += metadata.xattrs.len() as u64;
         self.counts.fifos += 1;
         Ok(())
     }
@@ -467,7 +488,7 @@ impl Unpacker {
                 }
                 let hidden_path = path.with_file_name(hidden);
                 let (parent, hidden_name) = self.parent_of(&hidden_path, name)?;
-                self.whiteout(&parent, &hidden_name, name)
+                self.whiteout(&parent, &hidden_name, &hidden_path, name)
             }
         }
     }
@@ -490,14 +511,10 @@ impl Unpacker {
         // Xattr whiteouts only work in directories marked `x`; an opaque directory hides the
         // lower content anyway, so they go.
         if !self.xattr_whiteouts.is_empty() {
-            let real_dir = self
-                .root
-                .path_of(dir.as_fd())
-                .map_err(|error| self.fs_error(name, "find the directory's path", error))?;
             let inside: Vec<RootPath> = self
                 .xattr_whiteouts
                 .iter()
-                .filter(|whiteout| whiteout.parent() == real_dir)
+                .filter(|whiteout| whiteout.parent() == parent_path)
                 .cloned()
                 .collect();
             for whiteout_path in inside {
@@ -515,8 +532,14 @@ impl Unpacker {
         Ok(())
     }
 
-    /// Handles `.wh.NAME` for `NAME` in `parent`.
-    fn whiteout(&mut self, parent: &OwnedFd, hidden: &CStr, name: &str) -> Result<(), UnpackError> {
+    /// Handles `.wh.NAME` for `NAME` in `parent`, whose entry path is `hidden_path`.
+    fn whiteout(
+        &mut self,
+        parent: &OwnedFd,
+        hidden: &CStr,
+        hidden_path: &RootPath,
+        name: &str,
+    ) -> Result<(), UnpackError> {
         match self.stat_at(parent, hidden, name)? {
             None => {}
             Some(stat) if is_directory(&stat) => {
@@ -542,12 +565,7 @@ impl Unpacker {
         self.counts.whiteouts += 1;
         if form == WhiteoutForm::Xattr {
             self.warnings.xattr_whiteouts += 1;
-            let real_path = self
-                .root
-                .path_of(parent.as_fd())
-                .map_err(|error| self.fs_error(name, "find the whiteout's path", error))?;
-            self.xattr_whiteouts
-                .insert(real_path.join(hidden.to_bytes()));
+            self.xattr_whiteouts.insert(hidden_path.clone());
         }
         Ok(())
     }
@@ -573,6 +591,7 @@ impl Unpacker {
         &mut self,
         parent: &OwnedFd,
         file_name: &CStr,
+        path: &RootPath,
         keep_directory: bool,
         name: &str,
     ) -> Result<Existing, UnpackError> {
@@ -583,25 +602,15 @@ impl Unpacker {
             return Ok(Existing::Directory);
         }
 
-        let existing =
-            if whiteout::is_whiteout_device(&stat) || self.is_xattr_whiteout(parent, file_name) {
-                Existing::Whiteout
-            } else {
-                Existing::Other
-            };
+        let was_xattr_whiteout = self.xattr_whiteouts.remove(path);
+        let existing = if whiteout::is_whiteout_device(&stat) || was_xattr_whiteout {
+            Existing::Whiteout
+        } else {
+            Existing::Other
+        };
         remove_at(parent.as_fd(), file_name)
             .map_err(|errno| self.fs_error(name, "remove the existing entry", errno.into()))?;
         Ok(existing)
-    }
-
-    fn is_xattr_whiteout(&mut self, parent: &OwnedFd, file_name: &CStr) -> bool {
-        if self.xattr_whiteouts.is_empty() {
-            return false;
-        }
-        let Ok(dir) = self.root.path_of(parent.as_fd()) else {
-            return false;
-        };
-        self.xattr_whiteouts.remove(&dir.join(file_name.to_bytes()))
     }
 
     fn stat_at(
@@ -622,7 +631,7 @@ impl Unpacker {
     }
 
     /// Gives the entry its owner from the header when the user namespace maps that ID and
-    /// `chown` is permitted; otherwise leaves the unpacking user as owner and counts it.
+    /// `chown` is permitted. Otherwise the unpacking user stays the owner, counted as squashed.
     fn set_owner(
         &mut self,
         target: Target<'_>,
@@ -717,7 +726,7 @@ impl Unpacker {
         }
     }
 
-    /// Maps a system call failure to an error naming the entry; `ELOOP` and `ENAMETOOLONG` get
+    /// Maps a system call failure to an error naming the entry. `ELOOP` and `ENAMETOOLONG` get
     /// their own variants because they point at the layer, not at the host.
     fn fs_error(&self, name: &str, operation: &'static str, source: io::Error) -> UnpackError {
         let layer = self.layer.clone();

@@ -213,7 +213,7 @@ pub enum UnpackError {
     },
     #[error("layer {layer}: resolving entry {entry:?} runs into a symlink loop (ELOOP)")]
     SymlinkLoop { layer: Digest, entry: String },
-    #[error("layer {layer}: entry {entry:?} is longer than Linux allows (ENAMETOOLONG: 255 bytes per name, 4096 per path)")]
+    #[error("layer {layer}: entry {entry:?} has a name longer than 255 bytes or more than 256 nested components (ENAMETOOLONG)")]
     NameTooLong { layer: Digest, entry: String },
     #[error("layer {layer}: entry {entry:?} has an invalid name: {reason}")]
     InvalidName {

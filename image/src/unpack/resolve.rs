@@ -18,7 +18,12 @@ use super::sys;
 /// Maximum length of a file name component on Linux (`NAME_MAX`).
 pub(crate) const NAME_MAX: usize = 255;
 /// Maximum length of a path in one Linux system call, including the terminating NUL (`PATH_MAX`).
+/// Longer paths are resolved in pieces.
 pub(crate) const PATH_MAX: usize = 4096;
+/// Maximum number of components in an entry name. Unpacking, flattening and removal hold one
+/// or two descriptors per level, so this keeps a hostile layer far below the usual limit of
+/// 1024 open files; real images nest a few dozen levels at most.
+pub(crate) const MAX_DEPTH: usize = 256;
 /// Symlinks followed while creating missing parents before giving up with `ELOOP`, the same
 /// limit the kernel applies to one lookup.
 const MAX_SYMLINK_HOPS: u32 = 40;
@@ -35,7 +40,7 @@ pub(crate) enum NameProblem {
     EscapesRoot,
     /// A NUL byte, which no Linux path may contain.
     ContainsNul,
-    /// A component longer than `NAME_MAX` or a path longer than `PATH_MAX`.
+    /// A component longer than `NAME_MAX`, or more than `MAX_DEPTH` components.
     TooLong,
 }
 
@@ -81,9 +86,7 @@ impl RootPath {
     }
 
     fn check_length(&self) -> Result<(), NameProblem> {
-        if self.0.iter().any(|component| component.len() > NAME_MAX)
-            || self.to_bytes().len() >= PATH_MAX
-        {
+        if self.0.iter().any(|component| component.len() > NAME_MAX) || self.0.len() > MAX_DEPTH {
             return Err(NameProblem::TooLong);
         }
         Ok(())
@@ -126,11 +129,29 @@ impl RootPath {
         self.0.join(&b'/')
     }
 
-    fn to_c_string(&self) -> io::Result<CString> {
-        if self.is_root() {
-            return Ok(CString::from(c"."));
+    /// Splits the path into relative pieces that each fit in one system call (`PATH_MAX`).
+    fn pieces(&self) -> io::Result<Vec<CString>> {
+        let mut pieces = Vec::new();
+        let mut piece: Vec<u8> = Vec::new();
+        for component in &self.0 {
+            if !piece.is_empty() && piece.len() + 1 + component.len() >= PATH_MAX {
+                pieces.push(sys::c_string(&piece)?);
+                piece.clear();
+            }
+            if !piece.is_empty() {
+                piece.push(b'/');
+            }
+            piece.extend_from_slice(component);
         }
-        sys::c_string(&self.to_bytes())
+        if !piece.is_empty() || pieces.is_empty() {
+            let last = if piece.is_empty() {
+                b".".to_vec()
+            } else {
+                piece
+            };
+            pieces.push(sys::c_string(&last)?);
+        }
+        Ok(pieces)
     }
 }
 
@@ -165,19 +186,45 @@ impl Root {
 
     /// Opens the directory at `path` (following symlinks inside the root) with `flags` added to
     /// `O_DIRECTORY`.
+    ///
+    /// A path too long for one system call is opened piece by piece. Only the first piece
+    /// follows symlinks (inside the root); a symlink in a later piece fails with `ELOOP`.
     pub(crate) fn open_dir(&self, path: &RootPath, flags: i32) -> io::Result<OwnedFd> {
-        sys::open_in_root(self.fd(), &path.to_c_string()?, libc::O_DIRECTORY | flags)
+        let pieces = path.pieces()?;
+        let (last, leading) = pieces
+            .split_last()
+            .expect("pieces() returns at least one piece");
+        if leading.is_empty() {
+            return sys::open_in_root(self.fd(), last, libc::O_DIRECTORY | flags);
+        }
+        let mut current =
+            sys::open_in_root(self.fd(), &leading[0], libc::O_DIRECTORY | libc::O_PATH)?;
+        for piece in &leading[1..] {
+            current =
+                sys::open_beneath(current.as_fd(), piece, libc::O_DIRECTORY | libc::O_PATH, 0)?;
+        }
+        sys::open_beneath(current.as_fd(), last, libc::O_DIRECTORY | flags, 0)
     }
 
-    /// Opens the directory at `path` without following any symlink, for paths that
-    /// [`Root::path_of`] returned.
+    /// Opens the directory at `path` without following any symlink, piece by piece when the path
+    /// is too long for one system call.
     pub(crate) fn open_real_dir(&self, path: &RootPath, flags: i32) -> io::Result<OwnedFd> {
-        sys::open_beneath(
-            self.fd(),
-            &path.to_c_string()?,
-            libc::O_DIRECTORY | libc::O_NOFOLLOW | flags,
-            0,
-        )
+        let pieces = path.pieces()?;
+        let (last, leading) = pieces
+            .split_last()
+            .expect("pieces() returns at least one piece");
+        let mut current: Option<OwnedFd> = None;
+        for piece in leading {
+            let dir = current.as_ref().map_or(self.fd(), |fd| fd.as_fd());
+            current = Some(sys::open_beneath(
+                dir,
+                piece,
+                libc::O_DIRECTORY | libc::O_PATH,
+                0,
+            )?);
+        }
+        let dir = current.as_ref().map_or(self.fd(), |fd| fd.as_fd());
+        sys::open_beneath(dir, last, libc::O_DIRECTORY | libc::O_NOFOLLOW | flags, 0)
     }
 
     /// Returns the path inside the root of a directory open at `fd`.
@@ -293,11 +340,29 @@ mod tests {
     fn tar_names_over_kernel_limits_are_rejected() {
         assert_eq!(path(&"a".repeat(256)), Err(NameProblem::TooLong));
         assert!(path(&"a".repeat(255)).is_ok());
+        let deep = vec!["b"; MAX_DEPTH + 1].join("/");
+        assert_eq!(path(&deep), Err(NameProblem::TooLong));
         let long = vec!["b".repeat(200); 21].join("/");
-        assert_eq!(path(&long), Err(NameProblem::TooLong));
+        assert!(
+            path(&long).is_ok(),
+            "paths over PATH_MAX are resolved in pieces"
+        );
         assert_eq!(
             RootPath::from_tar_name(b"a\0b"),
             Err(NameProblem::ContainsNul)
+        );
+    }
+
+    #[test]
+    fn pieces_fit_in_path_max() {
+        let long = RootPath::from_tar_name(vec!["c".repeat(250); 40].join("/").as_bytes()).unwrap();
+        let pieces = long.pieces().unwrap();
+        assert!(pieces.iter().all(|piece| piece.as_bytes().len() < PATH_MAX));
+        let rejoined: Vec<&[u8]> = pieces.iter().map(|piece| piece.as_bytes()).collect();
+        assert_eq!(rejoined.join(&b'/'), long.to_bytes());
+        assert_eq!(
+            RootPath::default().pieces().unwrap(),
+            vec![CString::from(c".")]
         );
     }
 

@@ -169,12 +169,14 @@ pub(crate) fn c_string(bytes: &[u8]) -> io::Result<CString> {
 
 /// Makes `command` enter a new user namespace before it executes, with its user and group
 /// (`uid`, `gid`: the IDs the child runs as) mapped to root: the map an unprivileged process
-/// may write for itself.
+/// may write for itself. With `mount_namespace`, it also enters a new mount namespace owned by
+/// that user namespace, where it may mount overlayfs.
 #[cfg(test)]
 pub(crate) fn enter_user_namespace_before_exec(
     command: &mut std::process::Command,
     uid: u32,
     gid: u32,
+    mount_namespace: bool,
 ) {
     use std::os::unix::process::CommandExt;
 
@@ -205,7 +207,11 @@ pub(crate) fn enter_user_namespace_before_exec(
         if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)?;
+        let mut namespaces = nix::sched::CloneFlags::CLONE_NEWUSER;
+        if mount_namespace {
+            namespaces |= nix::sched::CloneFlags::CLONE_NEWNS;
+        }
+        nix::sched::unshare(namespaces)?;
         write(c"/proc/self/setgroups", b"deny")?;
         write(c"/proc/self/uid_map", uid_map.as_bytes())?;
         write(c"/proc/self/gid_map", gid_map.as_bytes())

@@ -2,6 +2,7 @@ mod basic;
 mod flatten;
 mod hostile;
 mod isolated;
+mod overlay;
 mod owners;
 mod properties;
 pub(crate) mod support;

@@ -219,6 +219,9 @@ pub(crate) enum Isolation {
     /// As `nobody`, inside a new user namespace that maps it to root: how mayfly runs for an
     /// unprivileged user without subordinate IDs. Needs root to become `nobody`.
     NobodyInUserNamespace,
+    /// As `nobody`, inside new user and mount namespaces, where overlayfs can be mounted with
+    /// `userxattr`. Needs root to become `nobody`.
+    NobodyWithMounts,
 }
 
 /// The conventional ID of the `nobody` user and `nogroup` group.
@@ -235,12 +238,8 @@ pub(crate) fn in_isolated_child() -> bool {
 /// in a child process under `isolation`, and panics unless it passed there. Prints
 /// `skipped: <reason>` and returns `false` when the isolation cannot be set up here.
 pub(crate) fn run_isolated(name: &str, isolation: Isolation) -> bool {
-    let is_root = nix::unistd::geteuid().is_root();
-    if matches!(
-        isolation,
-        Isolation::Nobody | Isolation::NobodyInUserNamespace
-    ) && !is_root
-    {
+    let as_nobody = isolation != Isolation::UserNamespace;
+    if as_nobody && !nix::unistd::geteuid().is_root() {
         skip(&format!(
             "{name} under {isolation:?} needs root to switch to the nobody user"
         ));
@@ -255,18 +254,13 @@ pub(crate) fn run_isolated(name: &str, isolation: Isolation) -> bool {
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
     );
-    if matches!(
-        isolation,
-        Isolation::Nobody | Isolation::NobodyInUserNamespace
-    ) {
+    if as_nobody {
         (uid, gid) = (NOBODY, NOBODY);
         command.uid(uid).gid(gid).env("TMPDIR", "/tmp");
     }
-    if matches!(
-        isolation,
-        Isolation::UserNamespace | Isolation::NobodyInUserNamespace
-    ) {
-        crate::unpack::sys::enter_user_namespace_before_exec(&mut command, uid, gid);
+    if isolation != Isolation::Nobody {
+        let mounts = isolation == Isolation::NobodyWithMounts;
+        crate::unpack::sys::enter_user_namespace_before_exec(&mut command, uid, gid, mounts);
     }
 
     let output = match command.output() {
