@@ -64,7 +64,7 @@ pub enum LayerError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("failed to unpack layer {layer}")]
+    #[error("failed to unpack a layer into the store")]
     Unpack {
         layer: Digest,
         #[source]

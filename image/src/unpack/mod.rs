@@ -294,9 +294,9 @@ pub fn unpack_layer<R: Read>(
     })
 }
 
-/// Formats an entry name for messages: lossy UTF-8, cut after 300 bytes.
+/// Formats an entry name for messages: lossy UTF-8, cut after 160 bytes.
 fn display_name(name: &[u8]) -> String {
-    const LIMIT: usize = 300;
+    const LIMIT: usize = 160;
     if name.len() <= LIMIT {
         return String::from_utf8_lossy(name).into_owned();
     }
