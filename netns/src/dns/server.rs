@@ -19,7 +19,7 @@ use super::forward::{is_truncated, Forwarder};
 use super::registry::DnsRegistry;
 use super::resolv_conf::read_nameservers;
 use super::{DnsConfig, DnsError};
-use crate::in_namespace::NetnsThread;
+use crate::in_namespace::{NetnsError, NetnsThread};
 use crate::log_limit::LogLimiter;
 use crate::task::AbortOnDrop;
 
@@ -97,12 +97,11 @@ impl DnsServer {
             None => read_nameservers(Path::new("/etc/resolv.conf"))?,
         };
 
-        let udp = listen.udp_bind(listen_addr)?;
+        let (udp, tcp) = bind_sockets(listen, listen_addr)?;
         let local_addr = udp.local_addr().map_err(|source| DnsError::Socket {
             addr: listen_addr,
             source,
         })?;
-        let tcp = listen.tcp_listen(local_addr)?;
         let (udp, tcp) = {
             let _entered = runtime.enter();
             to_tokio(udp, tcp).map_err(|source| DnsError::Socket {
@@ -167,6 +166,31 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         tracing::info!(listen = %self.local_addr, "stopped DNS server");
+    }
+}
+
+/// Binds UDP on `addr` and TCP on the same address and port. With port 0
+/// the port UDP picked may be taken for TCP, so up to 10 ports are tried.
+fn bind_sockets(
+    listen: &NetnsThread,
+    addr: SocketAddr,
+) -> Result<(StdUdpSocket, StdTcpListener), DnsError> {
+    let attempts = if addr.port() == 0 { 10 } else { 1 };
+    let mut attempt = 1;
+    loop {
+        let udp = listen.udp_bind(addr)?;
+        let bound = udp
+            .local_addr()
+            .map_err(|source| DnsError::Socket { addr, source })?;
+        match listen.tcp_listen(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(NetnsError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse && attempt < attempts =>
+            {
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

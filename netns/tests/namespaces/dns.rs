@@ -66,6 +66,19 @@ impl Drop for TestResolver {
     }
 }
 
+/// Binds UDP on a free loopback port and TCP on the same one. The TCP port
+/// may be held by a connection of a trial running beside this one, so a few
+/// ports are tried.
+async fn bind_udp_and_tcp() -> Result<(UdpSocket, TcpListener)> {
+    for _ in 0..20 {
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr()?).await {
+            return Ok((udp, tcp));
+        }
+    }
+    bail!("found no loopback port free for both UDP and TCP in 20 tries")
+}
+
 fn resolver_answer(query: &Message, over_tcp: bool) -> Message {
     let mut response = Message::new();
     response
@@ -106,11 +119,8 @@ impl TestResolver {
     /// Starts the resolver. With `silent`, it receives UDP queries and
     /// never answers.
     async fn start(silent: bool) -> Result<TestResolver> {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let (udp, tcp) = bind_udp_and_tcp().await?;
         let addr = udp.local_addr()?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .context("TCP port of the test resolver is taken")?;
         let udp_queries = Arc::new(AtomicUsize::new(0));
         let tcp_queries = Arc::new(AtomicUsize::new(0));
 
