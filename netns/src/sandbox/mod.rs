@@ -10,6 +10,7 @@ mod address_pool;
 mod attachment;
 mod bridge_address;
 mod links;
+mod services;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

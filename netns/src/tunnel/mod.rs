@@ -72,6 +72,17 @@ pub enum TunnelError {
         holder: Option<PortHolder>,
     },
 
+    #[error(
+        "target {target} is outside the sandbox subnet; a published port dials a container address"
+    )]
+    TargetOutsideSandbox { target: SocketAddr },
+
+    #[error("listen address {listen} is outside the sandbox subnet; use a bridge address")]
+    ListenOutsideSandbox { listen: SocketAddr },
+
+    #[error("host target {target} lies in the sandbox subnet, where it cannot be reached from the host namespace; configure a sandbox subnet that does not overlap host addresses")]
+    HostTargetInSandbox { target: SocketAddr },
+
     #[error(transparent)]
     Namespace(#[from] NetnsError),
 

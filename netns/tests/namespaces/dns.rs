@@ -196,12 +196,11 @@ impl Fixture {
         let resolver = TestResolver::start(silent_upstream).await?;
         let mut config = DnsConfig {
             upstreams: Some(vec![resolver.addr]),
-            local_networks: vec![sandbox.config().subnet.into()],
             ..DnsConfig::default()
         };
         configure(&mut config);
+        let server = sandbox.start_dns(config)?;
         let listen = SocketAddr::from((sandbox.gateway(), 53));
-        let server = DnsServer::start(sandbox.sockets(), listen, sandbox.host_sockets(), config)?;
         ensure!(
             server.local_addr() == listen,
             "server bound {}",

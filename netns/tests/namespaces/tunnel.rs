@@ -39,6 +39,7 @@ pub fn trials() -> Vec<Trial> {
         trial("tunnel_tcp_backpressure_bounded", tcp_backpressure_bounded),
         trial("tunnel_port_in_use_names_holder", port_in_use_names_holder),
         trial("tunnel_needs_runtime", needs_runtime),
+        trial("tunnel_rejects_wrong_side", rejects_wrong_side),
     ]
 }
 
@@ -152,10 +153,8 @@ fn tcp_host_to_container_many() -> Result<()> {
     let _server = tcp_echo_server(container.sockets.tcp_listen(target)?)?;
 
     let baseline = open_fds();
-    let forward = TcpForward::bind(
-        sandbox.host_sockets(),
+    let forward = sandbox.publish_tcp(
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        sandbox.sockets(),
         target,
         &TunnelConfig::default(),
     )?;
@@ -185,10 +184,8 @@ fn tcp_container_to_host_many() -> Result<()> {
     let _server = tcp_echo_server(host_server)?;
 
     let baseline = open_fds();
-    let forward = TcpForward::bind(
-        sandbox.sockets(),
+    let forward = sandbox.expose_host_tcp(
         SocketAddr::from((bridge_address.address(), 5432)),
-        sandbox.host_sockets(),
         host_target,
         &TunnelConfig::default(),
     )?;
@@ -281,17 +278,13 @@ fn udp_both_directions_two_clients() -> Result<()> {
         ..TunnelConfig::default()
     };
     let baseline = open_fds();
-    let inbound = UdpForward::bind(
-        sandbox.host_sockets(),
+    let inbound = sandbox.publish_udp(
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        sandbox.sockets(),
         service_addr,
         &config,
     )?;
-    let outbound = UdpForward::bind(
-        sandbox.sockets(),
+    let outbound = sandbox.expose_host_udp(
         SocketAddr::from((bridge_address.address(), 5300)),
-        sandbox.host_sockets(),
         host_addr,
         &config,
     )?;
@@ -451,6 +444,41 @@ fn needs_runtime() -> Result<()> {
     );
     ensure!(
         matches!(result, Err(TunnelError::NoRuntime)),
+        "got {result:?}"
+    );
+    Ok(())
+}
+
+fn rejects_wrong_side() -> Result<()> {
+    let sandbox = Sandbox::create(SandboxConfig::default())?;
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let config = TunnelConfig::default();
+    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let inside = SocketAddr::from((sandbox.gateway(), 9000));
+
+    let result = sandbox.publish_tcp(
+        loopback,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 80)),
+        &config,
+    );
+    ensure!(
+        matches!(result, Err(TunnelError::TargetOutsideSandbox { .. })),
+        "got {result:?}"
+    );
+    let result = sandbox.expose_host_tcp(
+        loopback,
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 80)),
+        &config,
+    );
+    ensure!(
+        matches!(result, Err(TunnelError::ListenOutsideSandbox { .. })),
+        "got {result:?}"
+    );
+    let result =
+        sandbox.expose_host_udp(inside, SocketAddr::from((sandbox.gateway(), 53)), &config);
+    ensure!(
+        matches!(result, Err(TunnelError::HostTargetInSandbox { .. })),
         "got {result:?}"
     );
     Ok(())
