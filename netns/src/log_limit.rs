@@ -34,9 +34,9 @@ impl LogLimiter {
         }
     }
 
-    /// Returns `Some(n)` when a line may be logged now, `n` being the number
-    /// of lines suppressed since the previous allowed one (log it as a
-    /// field); `None` when this line must be dropped.
+    /// Returns `Some(n)` when a line may be logged now, where `n` is the
+    /// number of lines suppressed since the previous allowed one, to log as
+    /// a field. Returns `None` when this line must be dropped.
     pub fn allow(&self) -> Option<u64> {
         self.allow_at(Instant::now())
     }

@@ -23,8 +23,8 @@ pub(crate) enum Decision {
     Forward,
 }
 
-/// What a decision was, for the query log.
 impl Decision {
+    /// Names the outcome for the query log.
     pub fn outcome(&self) -> &'static str {
         match self {
             Decision::Forward => "forwarded",

@@ -143,7 +143,7 @@ impl Forwarder {
                 Ok(()) => return Ok(Some(answer.to_vec())),
                 Err(reason) => {
                     if let Some(suppressed) = self.log.allow() {
-                        tracing::debug!(%upstream, reason, suppressed, "ignoring an invalid upstream answer");
+                        tracing::debug!(%upstream, reason, suppressed, "ignoring an invalid upstream response");
                     }
                 }
             }
@@ -193,7 +193,7 @@ pub(crate) fn is_truncated(message: &[u8]) -> bool {
 
 /// Checks that `answer` is a response to our query: same ID, same question.
 fn check_answer(answer: &[u8], id: u16, questions: &[Query]) -> Result<(), String> {
-    let message = Message::from_vec(answer).map_err(|e| format!("unparsable answer: {e}"))?;
+    let message = Message::from_vec(answer).map_err(|e| format!("unparsable response: {e}"))?;
     if message.id() != id {
         return Err(format!("answer has ID {}, expected {id}", message.id()));
     }

@@ -68,7 +68,7 @@ struct Shared {
     forward_failures: AtomicU64,
 }
 
-/// What to do with one received message.
+/// Action for one received message.
 enum Handling {
     Reply(Vec<u8>),
     Forward(Message),

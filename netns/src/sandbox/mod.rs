@@ -80,9 +80,9 @@ pub enum SandboxError {
     SubnetExhausted { subnet: Ipv4Net },
 }
 
-/// The network sandbox. Dropping it stops its namespace threads and closes
-/// its namespace handle; the namespace itself goes away once nothing else
-/// (an attachment, a socket, a tunnel) still uses it.
+/// The network sandbox. Dropping the last clone stops its namespace threads
+/// and closes its namespace handle. The namespace itself goes away once
+/// nothing else (an attachment, a socket, a tunnel) still uses it.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     inner: Arc<SandboxInner>,
@@ -204,7 +204,8 @@ impl SandboxInner {
     }
 
     fn pool(&self) -> MutexGuard<'_, AddressPool> {
-        // The pool holds no invariant a panic could break halfway.
+        // No pool operation can panic halfway through a change, so a
+        // poisoned lock still guards a consistent pool.
         self.pool
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -7,9 +7,9 @@
 //! directions are the same code with the two [`NetnsThread`]s swapped.
 //!
 //! TCP bytes move with `splice(2)` through a pipe per direction, so they are
-//! never copied to user space; half-close is passed on and a full pipe stops
-//! reading (backpressure). UDP goes through a per-flow table keyed by the
-//! client address, with idle expiry.
+//! never copied to user space. A half-close is passed on, and a full pipe
+//! stops reading (backpressure). UDP goes through a per-flow table keyed by
+//! the client address, with idle expiry.
 
 mod port_holder;
 mod splice;
@@ -101,7 +101,7 @@ fn holder_suffix(holder: &Option<PortHolder>) -> String {
     }
 }
 
-/// What every connection or flow of one tunnel shares for its logs.
+/// Log context shared by every connection or flow of one tunnel.
 #[derive(Debug)]
 struct TunnelLog {
     listen: SocketAddr,
