@@ -57,6 +57,9 @@ pub enum ManifestError {
     #[error("the manifest is neither an image manifest nor an index: it has no \"layers\" or \"manifests\" list")]
     UnknownShape,
 
+    #[error("the index entry {digest} is itself an index; mayfly follows only one level of index")]
+    NestedIndex { digest: Digest },
+
     #[error("the manifest's config has media type {media_type:?}, so it describes an artifact, not a container image")]
     NotAnImage { media_type: String },
 }

@@ -822,12 +822,14 @@ fn is_tls_failure(error: &reqwest::Error) -> bool {
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(current) = source {
-        if let Some(io) = current.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::InvalidData {
-                return true;
-            }
-        }
-        source = current.source();
+        // `io::Error::source` skips the error an `io::Error` wraps, so descend with `get_ref`.
+        source = match current.downcast_ref::<std::io::Error>() {
+            Some(io) if io.kind() == std::io::ErrorKind::InvalidData => return true,
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => current.source(),
+        };
     }
     false
 }
