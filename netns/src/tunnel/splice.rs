@@ -17,6 +17,11 @@ const SPLICE_LEN: usize = 64 * 1024;
 /// end of file, passing each half-close on with `shutdown(SHUT_WR)`.
 /// Returns the bytes moved from `a` to `b` and from `b` to `a`. An error in
 /// either direction ends both.
+///
+/// NOTE: splice into a socket whose peer is gone raises SIGPIPE (the kernel
+/// sets no MSG_NOSIGNAL for it). Rust binaries ignore SIGPIPE from startup,
+/// so the call fails with EPIPE instead; a host program that restores the
+/// default disposition would be killed.
 pub(crate) async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
     let a_to_b = Pipe::new()?;
     let b_to_a = Pipe::new()?;

@@ -37,6 +37,10 @@ pub fn trials() -> Vec<Trial> {
             tcp_half_close_large_reply,
         ),
         trial("tunnel_tcp_backpressure_bounded", tcp_backpressure_bounded),
+        trial(
+            "tunnel_tcp_client_abort_closes_server",
+            tcp_client_abort_closes_server,
+        ),
         trial("tunnel_port_in_use_names_holder", port_in_use_names_holder),
         trial("tunnel_needs_runtime", needs_runtime),
         trial("tunnel_rejects_wrong_side", rejects_wrong_side),
@@ -482,4 +486,66 @@ fn rejects_wrong_side() -> Result<()> {
         "got {result:?}"
     );
     Ok(())
+}
+
+fn tcp_client_abort_closes_server() -> Result<()> {
+    let sandbox = Sandbox::create(SandboxConfig::default())?;
+    let container = Container::attach(&sandbox, "abort")?;
+    let target = SocketAddr::from((container.address(), 8083));
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let listener = container.sockets.tcp_listen(target)?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let forward = sandbox.publish_tcp(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        target,
+        &TunnelConfig::default(),
+    )?;
+
+    runtime.block_on(async {
+        // A server that writes until its connection breaks.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await?;
+            let chunk = vec![1u8; 64 * 1024];
+            loop {
+                if let Err(error) = stream.write_all(&chunk).await {
+                    return Ok::<_, anyhow::Error>(error.kind());
+                }
+            }
+        });
+
+        let mut client = TcpStream::connect(forward.local_addr()).await?;
+        let mut first = [0u8; 1];
+        timeout(WAIT, client.read_exact(&mut first)).await??;
+        // Closing with unread data sends a reset.
+        drop(client);
+
+        let kind = timeout(WAIT, server)
+            .await
+            .context("server kept writing after the client went away")???;
+        ensure!(
+            matches!(
+                kind,
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "server write failed with {kind:?}"
+        );
+        Ok::<_, anyhow::Error>(())
+    })?;
+
+    // The tunnel still accepts: its dial fails now that nothing listens,
+    // so it closes the new client.
+    runtime.block_on(async {
+        let mut stream = TcpStream::connect(forward.local_addr()).await?;
+        stream.shutdown().await?;
+        let mut reply = Vec::new();
+        timeout(WAIT, stream.read_to_end(&mut reply)).await??;
+        ensure!(
+            reply.is_empty(),
+            "got {} bytes from a dead target",
+            reply.len()
+        );
+        Ok(())
+    })
 }
