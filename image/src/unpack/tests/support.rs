@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -246,7 +246,18 @@ pub(crate) fn run_isolated(name: &str, isolation: Isolation) -> bool {
         return false;
     }
 
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    // The test binary may sit below a directory that `nobody` cannot enter (/root, say), so
+    // a copy in a world-readable directory is run instead.
+    let copy_dir = tempfile::tempdir().unwrap();
+    let program = if as_nobody {
+        let copy = copy_dir.path().join("unpack-test");
+        fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+        fs::set_permissions(copy_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        copy
+    } else {
+        std::env::current_exe().unwrap()
+    };
+    let mut command = Command::new(program);
     command
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_MARKER, format!("{isolation:?}"));
