@@ -25,7 +25,7 @@ fn store() -> (tempfile::TempDir, LayerStore) {
     (dir, store)
 }
 
-/// Asserts that the store holds no layer and no temporary tree.
+/// Asserts that the store contains no layer and no temporary tree.
 fn assert_empty(store: &LayerStore) {
     assert_eq!(store.list().unwrap(), Vec::<Digest>::new());
     let temporaries: Vec<_> = fs::read_dir(store.root().join("tmp")).unwrap().collect();

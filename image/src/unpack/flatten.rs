@@ -1,9 +1,9 @@
 //! Merging overlay-format layer directories into one plain tree, for hosts where overlayfs
 //! cannot be mounted unprivileged.
 //!
-//! The merge follows overlayfs's rules: a name in a higher layer hides the same name below,
-//! except that two directories merge; a whiteout (0:0 device, or xattr whiteout) deletes the
-//! name below; a directory marked `user.overlay.opaque=y` hides everything below it. Both
+//! The merge follows overlayfs's rules. A name in a higher layer hides the same name below,
+//! except that two directories merge. A whiteout (0:0 device, or xattr whiteout) deletes the
+//! name below. A directory marked `user.overlay.opaque=y` hides everything below it. Both
 //! trees are walked through directory descriptors opened with `RESOLVE_NO_SYMLINKS`, so no
 //! symlink in either tree is ever followed.
 
@@ -29,7 +29,7 @@ use super::remove::{clear_dir, list_dir, remove_at};
 use super::resolve::{Root, RootPath};
 use super::{sys, whiteout};
 
-/// What [`flatten_layers`] did.
+/// Result of one [`flatten_layers`] call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlattenReport {
     pub files: u64,

@@ -20,9 +20,9 @@
 //! - Set-user-ID bits are cleared everywhere, set-group-ID bits on everything but directories
 //!   (where the bit only makes new files inherit the group), each counted as a warning.
 //! - Owners from the tar header are kept when the ID exists in the current user namespace
-//!   (`/proc/self/uid_map`, `gid_map`) and `chown` succeeds; otherwise the entry keeps the
-//!   unpacking user as owner (root in a user namespace that maps the user to 0), counted as a
-//!   squashed owner.
+//!   (`/proc/self/uid_map`, `gid_map`) and `chown` succeeds. Otherwise the entry keeps the
+//!   unpacking user as owner, which is root in a user namespace that maps the user to 0, and
+//!   counts as a squashed owner.
 //! - Extended attributes from PAX `SCHILY.xattr.*` records are kept in the `user.*` namespace,
 //!   except `user.overlay.*`, which would let a layer forge overlayfs whiteouts, opaque markers
 //!   or redirects. `trusted.*` and `security.*` (file capabilities, SELinux labels) need
@@ -238,7 +238,7 @@ pub enum UnpackError {
 /// returned `diff_id` covers every byte, and so does a blob digest that the caller computes
 /// on `reader`.
 /// Entries after the end-of-archive blocks are hashed but not unpacked, as Docker does.
-/// On error `dest` holds a partial tree; the caller removes it with [`remove_tree`].
+/// On error `dest` contains a partial tree, which the caller removes with [`remove_tree`].
 pub fn unpack_layer<R: Read>(
     reader: R,
     compression: Compression,

@@ -20,9 +20,9 @@ pub(crate) const NAME_MAX: usize = 255;
 /// Maximum length of a path in one Linux system call, including the terminating NUL (`PATH_MAX`).
 /// Longer paths are resolved in pieces.
 pub(crate) const PATH_MAX: usize = 4096;
-/// Maximum number of components in an entry name. Unpacking, flattening and removal hold one
-/// or two descriptors per level, so this keeps a hostile layer far below the usual limit of
-/// 1024 open files; real images nest a few dozen levels at most.
+/// Maximum number of components in an entry name. Unpacking, flattening and removal keep one
+/// or two descriptors open per level, so this keeps a hostile layer far below the usual limit
+/// of 1024 open files. Image trees are usually much shallower.
 pub(crate) const MAX_DEPTH: usize = 256;
 /// Symlinks followed while creating missing parents before giving up with `ELOOP`, the same
 /// limit the kernel applies to one lookup.

@@ -33,7 +33,7 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// Prefix of AUFS bookkeeping names such as `.wh..wh.plnk`, which carry no image content.
 const AUFS_METADATA_PREFIX: &[u8] = b".wh..wh.";
 
-/// What a `.wh.`-prefixed file name in a layer means.
+/// Meaning of a `.wh.`-prefixed file name in a layer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum WhiteoutName<'a> {
     /// `.wh..wh..opq`: hide the lower layers' content of this directory.
@@ -67,7 +67,7 @@ pub(crate) fn is_whiteout_device(stat: &FileStat) -> bool {
     SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR && stat.st_rdev == 0
 }
 
-/// How a whiteout was stored.
+/// Form in which a whiteout was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WhiteoutForm {
     Device,
