@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+/// Both POSIX (`ustar\0`) and GNU (`ustar `) tar headers start their magic with these bytes.
+const USTAR_MAGIC: &[u8] = b"ustar";
+const USTAR_OFFSET: usize = 257;
 
 /// Compression of a layer's tar stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -35,14 +38,17 @@ impl Compression {
         }
     }
 
-    /// Recognises gzip and zstd by their magic bytes; anything else is taken as a plain tar.
-    pub fn sniff(prefix: &[u8]) -> Self {
+    /// Recognises a stream by its first bytes: the gzip and zstd magic numbers, or the
+    /// `ustar` magic at offset 257 of a tar header. Returns `None` when none of them matches.
+    pub fn sniff(prefix: &[u8]) -> Option<Self> {
         if prefix.starts_with(GZIP_MAGIC) {
-            Self::Gzip
+            Some(Self::Gzip)
         } else if prefix.starts_with(ZSTD_MAGIC) {
-            Self::Zstd
+            Some(Self::Zstd)
+        } else if prefix.get(USTAR_OFFSET..USTAR_OFFSET + USTAR_MAGIC.len()) == Some(USTAR_MAGIC) {
+            Some(Self::None)
         } else {
-            Self::None
+            None
         }
     }
 }
@@ -66,17 +72,12 @@ pub(crate) enum Decoder<R: Read> {
 }
 
 impl<R: Read> Decoder<R> {
-    /// Chooses the decoder from the stream's first bytes when they are clearly gzip or zstd,
-    /// and from `declared` otherwise. Registries mislabel layers often enough (a gzip layer
-    /// under a `tar` media type) that the magic bytes are the better witness.
+    /// Chooses the decoder from the stream's first bytes when they identify it, and from
+    /// `declared` otherwise. A layer pushed under the wrong media type (a gzip layer labelled
+    /// `tar`, say) still unpacks, because the magic bytes decide.
     pub(crate) fn new(reader: R, declared: Compression) -> io::Result<(Self, Compression)> {
         let mut buffered = BufReader::with_capacity(64 * 1024, reader);
-        let sniffed = Compression::sniff(buffered.fill_buf()?);
-        let chosen = if sniffed == Compression::None {
-            declared
-        } else {
-            sniffed
-        };
+        let chosen = Compression::sniff(buffered.fill_buf()?).unwrap_or(declared);
         if chosen != declared {
             tracing::warn!(%declared, detected = %chosen, "layer compression differs from its media type; using the detected one");
         }
@@ -140,12 +141,18 @@ mod tests {
 
     #[test]
     fn sniff_recognises_magic_bytes() {
-        assert_eq!(Compression::sniff(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(
+            Compression::sniff(&[0x1f, 0x8b, 8, 0]),
+            Some(Compression::Gzip)
+        );
         assert_eq!(
             Compression::sniff(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
-            Compression::Zstd
+            Some(Compression::Zstd)
         );
-        assert_eq!(Compression::sniff(b"etc/passwd\0"), Compression::None);
-        assert_eq!(Compression::sniff(&[]), Compression::None);
+        let mut header = [0u8; 512];
+        header[257..263].copy_from_slice(b"ustar\0");
+        assert_eq!(Compression::sniff(&header), Some(Compression::None));
+        assert_eq!(Compression::sniff(b"etc/passwd\0"), None);
+        assert_eq!(Compression::sniff(&[]), None);
     }
 }

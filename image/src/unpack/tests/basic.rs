@@ -173,6 +173,17 @@ fn mislabelled_compression_is_detected() {
 }
 
 #[test]
+fn plain_tar_labelled_gzip_is_detected() {
+    let tar = sample_layer();
+    let scratch = Scratch::new();
+    let report = scratch
+        .unpack_with(&tar, Compression::Gzip, &super::support::options())
+        .unwrap();
+    assert_eq!(report.compression, Compression::None);
+    assert_eq!(report.diff_id, Digest::of_bytes(&tar));
+}
+
+#[test]
 fn entry_after_end_marker_is_hashed_not_unpacked() {
     let mut tar = Layer::new().file("before", b"1").finish();
     let trailing = Layer::new().file("after", b"2").finish();
