@@ -17,6 +17,7 @@
 //! sets `insecure = false` for them, as Docker's default `insecure-registries` list makes them.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -137,23 +138,38 @@ impl RegistriesConfig {
 
     /// Reads the files the environment selects, in the order the module documentation gives.
     pub fn load() -> Result<Self, RegistryConfigError> {
+        Self::load_with(
+            |name| std::env::var_os(name),
+            Path::new(SYSTEM_REGISTRIES_CONF),
+        )
+    }
+
+    /// Reads the files that the variables `lookup` returns select, with `system_conf` in
+    /// place of `/etc/containers/registries.conf`.
+    pub fn load_with(
+        lookup: impl Fn(&str) -> Option<OsString>,
+        system_conf: &Path,
+    ) -> Result<Self, RegistryConfigError> {
+        let var = |name: &str| lookup(name).filter(|value| !value.is_empty());
         let mut config = Self::empty();
 
-        if let Some(path) = std::env::var_os(REGISTRIES_CONF_ENV) {
+        if let Some(path) = var(REGISTRIES_CONF_ENV) {
             let path = PathBuf::from(path);
             config.merge_file(&path)?;
             config.merge_drop_ins(&drop_in_dir(&path))?;
             return Ok(config);
         }
 
-        let user_conf = user_config_dir().map(|dir| dir.join("containers/registries.conf"));
+        let config_home = var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".config")));
+        let user_conf = config_home.map(|dir| dir.join("containers/registries.conf"));
         if let Some(user_conf) = user_conf.as_deref().filter(|path| path.exists()) {
             config.merge_file(user_conf)?;
             config.merge_drop_ins(&drop_in_dir(user_conf))?;
             return Ok(config);
         }
 
-        let system_conf = Path::new(SYSTEM_REGISTRIES_CONF);
         if system_conf.exists() {
             config.merge_file(system_conf)?;
         }
@@ -329,13 +345,6 @@ pub fn is_loopback_registry(registry: &str) -> bool {
         None => registry.split(':').next().unwrap_or(registry),
     };
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-fn user_config_dir() -> Option<PathBuf> {
-    match std::env::var_os("XDG_CONFIG_HOME") {
-        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")),
-    }
 }
 
 fn drop_in_dir(conf: &Path) -> PathBuf {
@@ -846,6 +855,65 @@ mod tests {
             .endpoints(&Reference::parse("b.test/app").unwrap())
             .is_err());
         assert_eq!(config.files().len(), 3);
+    }
+
+    #[test]
+    fn load_follows_file_precedence() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |relative: &str, text: &str| {
+            let path = dir.path().join(relative);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, text).unwrap();
+            path
+        };
+        let entry = |prefix: &str| format!("[[registry]]\nprefix = \"{prefix}\"\n");
+        let explicit = write("explicit.conf", &entry("explicit.test"));
+        write("explicit.conf.d/a.conf", &entry("explicit-drop-in.test"));
+        let system = write("etc/registries.conf", &entry("system.test"));
+        write(
+            "etc/registries.conf.d/a.conf",
+            &entry("system-drop-in.test"),
+        );
+        write(
+            "home/.config/containers/registries.conf.d/b.conf",
+            &entry("user-drop-in.test"),
+        );
+
+        let home = dir.path().join("home");
+        let config_home = dir.path().join("config");
+        let load = |pairs: Vec<(&str, &Path)>| {
+            let config = RegistriesConfig::load_with(
+                |name| {
+                    pairs
+                        .iter()
+                        .find(|(key, _)| *key == name)
+                        .map(|(_, value)| value.as_os_str().to_owned())
+                },
+                &system,
+            )
+            .unwrap();
+            let prefixes: Vec<String> = config.entries().iter().map(|e| e.prefix.clone()).collect();
+            prefixes
+        };
+
+        assert_eq!(
+            load(vec![(REGISTRIES_CONF_ENV, &explicit), ("HOME", &home)]),
+            ["explicit.test", "explicit-drop-in.test"]
+        );
+        assert_eq!(
+            load(vec![("HOME", &home)]),
+            ["system.test", "system-drop-in.test", "user-drop-in.test"]
+        );
+
+        write("config/containers/registries.conf", &entry("user.test"));
+        write(
+            "config/containers/registries.conf.d/c.conf",
+            &entry("user-config-drop-in.test"),
+        );
+        assert_eq!(
+            load(vec![("HOME", &home), ("XDG_CONFIG_HOME", &config_home)]),
+            ["user.test", "user-config-drop-in.test"]
+        );
     }
 
     #[test]

@@ -656,3 +656,36 @@ fn pull_future_is_send() {
     let future = pull(&store, &client, &reference, &options, &NoProgress);
     require_send(&future);
 }
+
+#[tokio::test]
+async fn ci_registries_conf_maps_docker_hub() {
+    if !registry_available(PLAIN) {
+        return;
+    }
+    let conf = state_dir().join("registries.conf");
+    if !conf.is_file() {
+        println!(
+            "skipped: {} is missing (scripts/registries start writes it)",
+            conf.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let client = RegistryClient::new(
+        RegistriesConfig::from_file(&conf).unwrap(),
+        ClientOptions {
+            retry: fast_retry(),
+            ..ClientOptions::default()
+        },
+    );
+    let endpoints = client.endpoints(&reference("python:3.11")).unwrap();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].registry, PLAIN);
+    assert_eq!(endpoints[0].repository, "library/python");
+
+    let pulled = pull_into(&store, &client, "busybox", &PullOptions::default())
+        .await
+        .unwrap();
+    assert_matches_fixture(&pulled, &fixture("library/busybox:latest"), &store);
+}
