@@ -129,6 +129,14 @@ impl Unpacker {
             return self.apply_whiteout(&path, kind, &name);
         }
 
+        // Pre-POSIX tar marks directories only with a trailing slash on a regular entry.
+        let old_style_directory = entry_type == EntryType::Regular && raw_name.ends_with(b"/");
+        let entry_type = if old_style_directory {
+            EntryType::Directory
+        } else {
+            entry_type
+        };
+
         match entry_type {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let metadata = self.metadata(&mut entry, false, &name)?;

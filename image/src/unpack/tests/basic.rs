@@ -173,6 +173,25 @@ fn mislabelled_compression_is_detected() {
 }
 
 #[test]
+fn trailing_slash_marks_old_style_directory() {
+    let layer = Layer::new()
+        .entry(Spec {
+            name: b"old-dir/",
+            mode: 0o711,
+            ..Spec::default()
+        })
+        .file("old-dir/inner", b"x")
+        .finish();
+    let scratch = Scratch::new();
+    let report = scratch.unpack(&layer).unwrap();
+    assert!(fs::symlink_metadata(scratch.path("old-dir"))
+        .unwrap()
+        .is_dir());
+    assert_eq!(mode_of(&scratch.path("old-dir")), 0o711);
+    assert_eq!(report.counts.directories, 1);
+}
+
+#[test]
 fn plain_tar_labelled_gzip_is_detected() {
     let tar = sample_layer();
     let scratch = Scratch::new();
