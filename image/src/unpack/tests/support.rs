@@ -214,6 +214,9 @@ pub(crate) fn mode_of(path: &Path) -> u32 {
 pub(crate) enum Isolation {
     /// A new user namespace mapping the current user (and only it) to root.
     UserNamespace,
+    /// As [`Isolation::UserNamespace`], plus a new mount namespace owned by it, where
+    /// overlayfs can be mounted with `userxattr`.
+    UserNamespaceWithMounts,
     /// As the unprivileged user `nobody` (65534), without a user namespace. Needs root.
     Nobody,
     /// As `nobody`, inside a new user namespace that maps it to root: how mayfly runs for an
@@ -238,7 +241,10 @@ pub(crate) fn in_isolated_child() -> bool {
 /// in a child process under `isolation`, and panics unless it passed there. Prints
 /// `skipped: <reason>` and returns `false` when the isolation cannot be set up here.
 pub(crate) fn run_isolated(name: &str, isolation: Isolation) -> bool {
-    let as_nobody = isolation != Isolation::UserNamespace;
+    let as_nobody = matches!(
+        isolation,
+        Isolation::Nobody | Isolation::NobodyInUserNamespace | Isolation::NobodyWithMounts
+    );
     if as_nobody && !nix::unistd::geteuid().is_root() {
         skip(&format!(
             "{name} under {isolation:?} needs root to switch to the nobody user"
@@ -270,7 +276,10 @@ pub(crate) fn run_isolated(name: &str, isolation: Isolation) -> bool {
         command.uid(uid).gid(gid).env("TMPDIR", "/tmp");
     }
     if isolation != Isolation::Nobody {
-        let mounts = isolation == Isolation::NobodyWithMounts;
+        let mounts = matches!(
+            isolation,
+            Isolation::UserNamespaceWithMounts | Isolation::NobodyWithMounts
+        );
         crate::unpack::sys::enter_user_namespace_before_exec(&mut command, uid, gid, mounts);
     }
 
