@@ -1,4 +1,4 @@
-//! Retries of HTTP 429 and 5xx answers, against a scripted HTTP server on a loopback port
+//! Retries of HTTP 429 and 5xx responses, against a scripted HTTP server on a loopback port
 //! that serves a real manifest from the plain registry after its scripted failures.
 
 mod common;
@@ -13,7 +13,7 @@ use common::*;
 use mayfly_image::client::{ClientError, ClientOptions, RegistryClient, RetryPolicy};
 use mayfly_image::registry_config::{Endpoint, RegistriesConfig};
 
-/// One scripted answer: status line, extra header lines, and whether the body is the
+/// One scripted response: status line, extra header lines, and whether the body is the
 /// manifest (otherwise it is empty).
 struct Answer {
     status: &'static str,
@@ -37,8 +37,8 @@ fn manifest_answer(headers: &str) -> Answer {
     }
 }
 
-/// A server that answers manifest requests from `script` in order, records when each
-/// request arrived, and answers the `/v2/` probe with 200.
+/// A server that responds to manifest requests from `script` in order, records when each
+/// request arrived, and returns 200 for the `/v2/` probe.
 struct ScriptedServer {
     address: String,
     arrivals: Arc<Mutex<Vec<Instant>>>,

@@ -324,6 +324,15 @@ impl RegistryClient {
         }
     }
 
+    /// Creates a client configured from the environment: registries.conf files as
+    /// [`RegistriesConfig::load`] finds them, and [`ClientOptions::from_env`].
+    pub fn from_env() -> Result<Self, RegistryConfigError> {
+        Ok(Self::new(
+            RegistriesConfig::load()?,
+            ClientOptions::from_env(),
+        ))
+    }
+
     pub fn registries(&self) -> &RegistriesConfig {
         &self.registries
     }

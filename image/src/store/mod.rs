@@ -115,6 +115,20 @@ impl BlobLock {
     }
 }
 
+/// Returns the default store root, `$XDG_DATA_HOME/mayfly` (default
+/// `~/.local/share/mayfly`); `None` when neither variable is set.
+pub fn default_root() -> Option<PathBuf> {
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|value| !value.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|value| !value.is_empty())
+                .map(|home| PathBuf::from(home).join(".local/share"))
+        })?;
+    Some(data_home.join("mayfly"))
+}
+
 impl Store {
     /// Opens the store at `root`, creating it and its subdirectories; `root` gets mode 0700.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
