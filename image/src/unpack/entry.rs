@@ -505,9 +505,7 @@ impl Unpacker {
     /// layer puts in it, before or after the marker, stay.
     fn mark_parent_opaque(&mut self, path: &RootPath, name: &str) -> Result<(), UnpackError> {
         let parent_path = path.parent();
-        self.root
-            .ensure_dir(&parent_path)
-            .map_err(|error| self.fs_error(name, "create the opaque directory", error))?;
+        self.ensure_dir(&parent_path, name)?;
         let dir = self
             .root
             .open_dir(&parent_path, libc::O_RDONLY)
@@ -580,17 +578,87 @@ impl Unpacker {
 
     /// Opens the parent directory of `path`, creating missing directories inside the root, and
     /// returns it with the last component.
-    fn parent_of(&self, path: &RootPath, name: &str) -> Result<(OwnedFd, CString), UnpackError> {
+    fn parent_of(
+        &mut self,
+        path: &RootPath,
+        name: &str,
+    ) -> Result<(OwnedFd, CString), UnpackError> {
         let Some(file_name) = path.file_name() else {
             return Err(self.invalid_name(name, "only a directory entry may name the layer root"));
         };
-        let parent = self
-            .root
-            .ensure_dir(&path.parent())
-            .map_err(|error| self.fs_error(name, "create the parent directory", error))?;
+        let parent = self.ensure_dir(&path.parent(), name)?;
         let file_name = sys::c_string(file_name)
             .map_err(|_| self.invalid_name(name, "it contains a NUL byte"))?;
         Ok((parent, file_name))
+    }
+
+    /// Opens the directory at `path` with `O_PATH`, creating what is missing. A whiteout of
+    /// this layer in the way becomes an opaque directory: the layer deleted the lower path and
+    /// then put entries below it.
+    fn ensure_dir(&mut self, path: &RootPath, name: &str) -> Result<OwnedFd, UnpackError> {
+        loop {
+            match self.root.ensure_dir(path) {
+                Ok(dir) => return Ok(dir),
+                Err(error) if error.raw_os_error() == Some(libc::ENOTDIR) => {
+                    if !self.replace_whiteout_on(path, name)? {
+                        return Err(self.fs_error(name, "create the parent directory", error));
+                    }
+                }
+                Err(error) => {
+                    return Err(self.fs_error(name, "create the parent directory", error))
+                }
+            }
+        }
+    }
+
+    /// Finds the first component of `path` that is not a directory and, if it is a whiteout,
+    /// replaces it with an opaque directory. Returns whether it did.
+    fn replace_whiteout_on(&mut self, path: &RootPath, name: &str) -> Result<bool, UnpackError> {
+        for depth in 1..=path.depth() {
+            let prefix = path.prefix(depth);
+            match self.root.open_dir(&prefix, libc::O_PATH) {
+                Ok(_) => continue,
+                Err(error) if error.raw_os_error() == Some(libc::ENOTDIR) => {}
+                Err(_) => return Ok(false),
+            }
+
+            let parent = self
+                .root
+                .open_dir(&prefix.parent(), libc::O_PATH)
+                .map_err(|error| self.fs_error(name, "open the parent directory", error))?;
+            let component = sys::c_string(prefix.file_name().unwrap_or_default())
+                .map_err(|_| self.invalid_name(name, "it contains a NUL byte"))?;
+            let Some(stat) = self.stat_at(&parent, &component, name)? else {
+                return Ok(false);
+            };
+            let was_xattr_whiteout = self.xattr_whiteouts.remove(&prefix);
+            if !whiteout::is_whiteout_device(&stat) && !was_xattr_whiteout {
+                return Ok(false);
+            }
+
+            remove_at(parent.as_fd(), &component)
+                .map_err(|errno| self.fs_error(name, "remove the whiteout", errno.into()))?;
+            mkdirat(
+                Some(parent.as_raw_fd()),
+                component.as_c_str(),
+                Mode::S_IRWXU,
+            )
+            .map_err(|errno| self.fs_error(name, "create the directory", errno.into()))?;
+            let dir = sys::open_beneath(
+                parent.as_fd(),
+                &component,
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+            .map_err(|error| self.fs_error(name, "open the directory", error))?;
+            fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(0o755))
+                .map_err(|errno| self.fs_error(name, "set the directory mode", errno.into()))?;
+            whiteout::mark_opaque(dir.as_fd())
+                .map_err(|error| self.fs_error(name, "mark the directory opaque", error))?;
+            self.counts.opaque_directories += 1;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Empties the place where an entry goes: a later entry replaces an earlier one, except

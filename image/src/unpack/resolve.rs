@@ -112,6 +112,11 @@ impl RootPath {
         parent
     }
 
+    /// Returns the first `depth` components.
+    pub(crate) fn prefix(&self, depth: usize) -> RootPath {
+        RootPath(self.0[..depth].to_vec())
+    }
+
     /// This path with the last component replaced by `name`.
     pub(crate) fn with_file_name(&self, name: &[u8]) -> RootPath {
         self.parent().join(name)

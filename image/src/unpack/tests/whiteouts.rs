@@ -109,6 +109,28 @@ fn whiteout_of_own_directory_is_opaque() {
 }
 
 #[test]
+fn whiteout_then_children_make_opaque_directory() {
+    let scratch = Scratch::new();
+    let layer = Layer::new()
+        .file(".wh.config", b"")
+        .file("config/new", b"fresh")
+        .file(".wh.cache", b"")
+        .file("cache/.wh..wh..opq", b"")
+        .finish();
+    let report = scratch.unpack(&layer).unwrap();
+    assert_eq!(fs::read(scratch.path("config/new")).unwrap(), b"fresh");
+    assert_eq!(
+        opaque_value(&scratch.path("config")).as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(
+        opaque_value(&scratch.path("cache")).as_deref(),
+        Some(&b"y"[..])
+    );
+    assert!(report.counts.opaque_directories >= 2, "{:?}", report.counts);
+}
+
+#[test]
 fn whiteout_does_not_delete_same_layer_file() {
     let scratch = Scratch::new();
     let layer = Layer::new()
