@@ -290,7 +290,7 @@ struct CollectingWriter {
 struct CollectingHandle(Arc<CollectingSink>);
 
 impl LayerSink for CollectingHandle {
-    fn start(&self, layer: &Descriptor) -> Option<Box<dyn LayerWriter>> {
+    fn start(&self, layer: &Descriptor, _diff_id: &Digest) -> Option<Box<dyn LayerWriter>> {
         Some(Box::new(CollectingWriter {
             sink: self.0.clone(),
             digest: layer.digest.clone(),
@@ -360,7 +360,7 @@ struct FailingSink;
 struct FailingWriter;
 
 impl LayerSink for FailingSink {
-    fn start(&self, _layer: &Descriptor) -> Option<Box<dyn LayerWriter>> {
+    fn start(&self, _layer: &Descriptor, _diff_id: &Digest) -> Option<Box<dyn LayerWriter>> {
         Some(Box::new(FailingWriter))
     }
 }

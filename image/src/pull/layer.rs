@@ -50,6 +50,7 @@ pub(super) async fn lock_blob(
 pub(super) async fn pull_layer(
     context: &PullContext<'_>,
     descriptor: Descriptor,
+    diff_id: Digest,
 ) -> Result<LayerOutcome, PullError> {
     let descriptor = &descriptor;
     let digest = descriptor.digest.clone();
@@ -80,7 +81,7 @@ pub(super) async fn pull_layer(
     let sink = context.options.layer_sink.clone();
     let thread_descriptor = descriptor.clone();
     let thread = tokio::task::spawn_blocking(move || {
-        write_layer(receiver, writer, sink, &thread_descriptor)
+        write_layer(receiver, writer, sink, &thread_descriptor, &diff_id)
     });
 
     let mut channel = ChannelReceiver {
@@ -153,8 +154,9 @@ fn write_layer(
     mut writer: BlobWriter,
     sink: Option<Arc<dyn LayerSink>>,
     descriptor: &Descriptor,
+    diff_id: &Digest,
 ) -> Result<Written, (WriteError, Digest)> {
-    let start = || sink.as_ref().and_then(|sink| sink.start(descriptor));
+    let start = || sink.as_ref().and_then(|sink| sink.start(descriptor, diff_id));
     let mut layer_writer = start();
     let fail = |error: WriteError, layer_writer: Option<Box<dyn LayerWriter>>| {
         abort(layer_writer);

@@ -156,8 +156,9 @@ impl ProgressSink for NoProgress {
 /// download starts again from byte 0, it calls [`LayerWriter::abort`] (and `start` again for
 /// a restart). An error from the writer fails the pull.
 pub trait LayerSink: Send + Sync {
-    /// Returns a writer for `layer`, or `None` when the layer's bytes are not needed.
-    fn start(&self, layer: &Descriptor) -> Option<Box<dyn LayerWriter>>;
+    /// Returns a writer for `layer`, whose uncompressed tar stream hashes to `diff_id` by the
+    /// image config, or `None` when the layer's bytes are not needed.
+    fn start(&self, layer: &Descriptor, diff_id: &Digest) -> Option<Box<dyn LayerWriter>>;
 }
 
 /// The writer a [`LayerSink`] returns for one layer.
@@ -316,15 +317,16 @@ pub async fn pull(
     // The layers are owned values so that the stream's future stays Send (a closure over
     // borrowed items trips a rustc limitation with higher-ranked lifetimes).
     let mut seen = HashSet::new();
-    let unique: Vec<Descriptor> = manifest
+    let unique: Vec<(Descriptor, Digest)> = manifest
         .layers
         .iter()
-        .filter(|layer| seen.insert(layer.digest.clone()))
-        .cloned()
+        .zip(&config.rootfs.diff_ids)
+        .filter(|(layer, _)| seen.insert(layer.digest.clone()))
+        .map(|(layer, diff_id)| (layer.clone(), diff_id.clone()))
         .collect();
     let context_ref = &context;
     let outcomes: Vec<layer::LayerOutcome> = stream::iter(unique)
-        .map(|descriptor| layer::pull_layer(context_ref, descriptor))
+        .map(|(descriptor, diff_id)| layer::pull_layer(context_ref, descriptor, diff_id))
         .buffer_unordered(options.max_concurrent_downloads.max(1))
         .try_collect()
         .await?;
