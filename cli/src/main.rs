@@ -1,5 +1,52 @@
 //! The `mayfly` command.
 
-fn main() {
-    println!("mayfly {}", env!("CARGO_PKG_VERSION"));
+mod args;
+mod commands;
+mod progress;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command};
+
+/// Exit status for mayfly's own failures, as Docker uses it, so it is not mistaken for a
+/// container's status.
+const ENGINE_FAILURE: u8 = 125;
+
+fn main() -> ExitCode {
+    // A re-executed copy of this binary that is about to become a container's init never
+    // returns from here.
+    mayfly_engine::runtime::init_if_requested();
+
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("mayfly: {error:#}");
+            ExitCode::from(ENGINE_FAILURE)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|error| {
+        eprintln!("mayfly: invalid log filter {filter:?} ({error}); using \"warn\"");
+        tracing_subscriber::EnvFilter::new("warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+impl Command {
+    /// Returns whether the command needs the engine's user namespace. Credentials are the
+    /// host user's files, so login and logout run outside it.
+    fn needs_engine(&self) -> bool {
+        !matches!(self, Command::Login(_) | Command::Logout(_))
+    }
 }

@@ -31,8 +31,13 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("neither HOME nor {variable} is set, so mayfly cannot place its {what}; set one of them")]
-    NoHome { variable: &'static str, what: &'static str },
+    #[error(
+        "neither HOME nor {variable} is set, so mayfly cannot place its {what}; set one of them"
+    )]
+    NoHome {
+        variable: &'static str,
+        what: &'static str,
+    },
 }
 
 /// How container root file systems are built.
@@ -120,7 +125,10 @@ impl Config {
             Some(dir) => dir,
             None => xdg_dir("XDG_DATA_HOME", ".local/share")?.join("mayfly"),
         };
-        let runtime_dir = match env("MAYFLY_RUNTIME_DIR").map(PathBuf::from).or(file.runtime_dir) {
+        let runtime_dir = match env("MAYFLY_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .or(file.runtime_dir)
+        {
             Some(dir) => dir,
             None => default_runtime_dir(),
         };
@@ -294,8 +302,8 @@ mod tests {
 
     #[test]
     fn config_rejects_bad_values() {
-        let error = resolve_with("", &[("MAYFLY_DATA_DIR", "/d"), ("MAYFLY_STORAGE", "fast")])
-            .unwrap_err();
+        let error =
+            resolve_with("", &[("MAYFLY_DATA_DIR", "/d"), ("MAYFLY_STORAGE", "fast")]).unwrap_err();
         assert!(error.to_string().contains("MAYFLY_STORAGE"), "{error}");
         let error = resolve_with(
             "",

@@ -309,7 +309,11 @@ mod tests {
         ];
         for change in variants {
             let changed = resolved().with(change.clone());
-            assert_ne!(changed.hostname().unwrap(), base, "{change:?} kept the hostname");
+            assert_ne!(
+                changed.hostname().unwrap(),
+                base,
+                "{change:?} kept the hostname"
+            );
         }
     }
 

@@ -156,7 +156,10 @@ fn write_layer(
     descriptor: &Descriptor,
     diff_id: &Digest,
 ) -> Result<Written, (WriteError, Digest)> {
-    let start = || sink.as_ref().and_then(|sink| sink.start(descriptor, diff_id));
+    let start = || {
+        sink.as_ref()
+            .and_then(|sink| sink.start(descriptor, diff_id))
+    };
     let mut layer_writer = start();
     let fail = |error: WriteError, layer_writer: Option<Box<dyn LayerWriter>>| {
         abort(layer_writer);

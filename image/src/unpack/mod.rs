@@ -129,6 +129,16 @@ pub struct UnpackWarnings {
 }
 
 impl UnpackWarnings {
+    /// Adds the counts of `other`, for a summary over several layers.
+    pub fn add(&mut self, other: &UnpackWarnings) {
+        self.skipped_devices += other.skipped_devices;
+        self.squashed_owners += other.squashed_owners;
+        self.cleared_setid_bits += other.cleared_setid_bits;
+        self.skipped_xattrs += other.skipped_xattrs;
+        self.xattr_whiteouts += other.xattr_whiteouts;
+        self.skipped_entries += other.skipped_entries;
+    }
+
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }

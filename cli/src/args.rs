@@ -1,0 +1,141 @@
+//! Command-line arguments of `mayfly`.
+
+use clap::{Args, Parser, Subcommand};
+
+/// A rootless, daemon-optional container engine for ephemeral services.
+#[derive(Debug, Parser)]
+#[command(name = "mayfly", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter, as in RUST_LOG (for example `info` or `mayfly_image=debug`).
+    #[arg(long, global = true, env = "MAYFLY_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Download an image from its registry into the local store.
+    Pull(PullArgs),
+    /// List the images in the local store.
+    Images(ImagesArgs),
+    /// Remove an image reference from the local store.
+    Rmi(RmiArgs),
+    /// Remove blobs and unpacked layers that no image refers to.
+    Prune,
+    /// Store credentials for a registry in the auth.json file Podman uses.
+    Login(LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(LogoutArgs),
+    /// Run a command in a new container.
+    Run(Box<RunArgs>),
+    /// Manage mayfly's own state.
+    #[command(subcommand)]
+    System(SystemCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Delete every image, layer and blob in the local store.
+    Reset(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Do not ask for confirmation.
+    #[arg(long, short)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Platform to pull from an image index, as OS/ARCH[/VARIANT] (default: this host's).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print plain progress lines even on a terminal.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Image reference, for example `python:3.11` or `127.0.0.1:5000/library/busybox:latest`.
+    pub reference: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Image references to remove.
+    #[arg(required = true)]
+    pub references: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// User name; asked for on the terminal when missing.
+    #[arg(long, short)]
+    pub username: Option<String>,
+    /// Read the password from standard input instead of the terminal.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Registry host, with port if not 443 (default: docker.io).
+    pub registry: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// Registry host, with port if not 443 (default: docker.io).
+    pub registry: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Accepted for compatibility with `docker run --rm`: mayfly always removes the container.
+    #[arg(long)]
+    pub rm: bool,
+    /// Set an environment variable, as KEY=VALUE, or KEY to copy it from mayfly's environment.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the container (created when missing).
+    #[arg(long = "workdir", short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: NAME, UID, NAME:GROUP or UID:GID, resolved in the image's /etc/passwd.
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// Bind-mount a host path, as HOSTPATH:PATH or HOSTPATH:PATH:ro.
+    #[arg(long = "volume", short = 'v', value_name = "HOSTPATH:PATH[:ro]")]
+    pub volumes: Vec<String>,
+    /// Mount an empty tmpfs at PATH.
+    #[arg(long, value_name = "PATH")]
+    pub tmpfs: Vec<String>,
+    /// Replace the image's entrypoint.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Write a file into the container before it starts, as PATH=CONTENT.
+    #[arg(long = "new-file", value_name = "PATH=CONTENT")]
+    pub new_files: Vec<String>,
+    /// Keep standard input open and pass it to the container.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal for the container.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Run the command as PID 1 instead of under mayfly's small init.
+    #[arg(long)]
+    pub no_init: bool,
+    /// Platform to pull when the image is missing, as OS/ARCH[/VARIANT].
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Container hostname (default: a name derived from the container).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Image reference.
+    pub image: String,
+    /// Command and arguments (default: the image's Cmd).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}

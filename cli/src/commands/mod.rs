@@ -1,0 +1,76 @@
+//! One module per subcommand; `dispatch` enters the engine's namespaces first when needed.
+
+mod images;
+mod login;
+mod pull;
+mod run;
+mod system;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use mayfly_engine::bootstrap::{self, Bootstrap, BootstrapOptions};
+use mayfly_engine::config::{self, Config};
+
+use crate::args::{Cli, Command, SystemCommand};
+
+/// Everything a command may need once the engine runs.
+pub struct Engine {
+    pub config: Config,
+    pub bootstrap: Bootstrap,
+}
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !cli.command.needs_engine() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("failed to start the async runtime")?;
+        return runtime.block_on(async {
+            match cli.command {
+                Command::Login(args) => login::login(args).await,
+                Command::Logout(args) => login::logout(args),
+                _ => unreachable!("needs_engine covers every other command"),
+            }
+        });
+    }
+
+    // The configuration is read before the bootstrap, while the real uid is still visible.
+    let config = Config::load()?;
+    let bootstrap = bootstrap::enter(&bootstrap_options(&config))?;
+    for warning in bootstrap.warnings() {
+        eprintln!("mayfly: warning: {warning}");
+    }
+    let engine = Engine { config, bootstrap };
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Pull(args) => pull::pull(&engine, args).await,
+            Command::Images(args) => images::images(&engine, args),
+            Command::Rmi(args) => images::rmi(&engine, args),
+            Command::Prune => images::prune(&engine),
+            Command::Run(args) => run::run(&engine, *args).await,
+            Command::System(SystemCommand::Reset(args)) => system::reset(&engine, args),
+            Command::Login(_) | Command::Logout(_) => unreachable!("handled above"),
+        }
+    })
+}
+
+fn bootstrap_options(config: &Config) -> BootstrapOptions {
+    BootstrapOptions {
+        id_map: match config.id_map {
+            config::IdMapMode::Auto => bootstrap::IdMapMode::Auto,
+            config::IdMapMode::Single => bootstrap::IdMapMode::SingleId,
+        },
+        storage: match config.storage {
+            config::StorageMode::Auto => bootstrap::StorageMode::Auto,
+            config::StorageMode::Copy => bootstrap::StorageMode::Copy,
+        },
+        runtime_dir: Some(config.runtime_dir.clone()),
+        data_dir: Some(config.data_dir.clone()),
+    }
+}

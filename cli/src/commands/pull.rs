@@ -1,0 +1,41 @@
+//! `mayfly pull`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use mayfly_engine::images::Images;
+use mayfly_image::platform::Platform;
+use mayfly_image::reference::Reference;
+
+use super::Engine;
+use crate::args::PullArgs;
+use crate::progress::PullProgress;
+
+pub async fn pull(engine: &Engine, args: PullArgs) -> anyhow::Result<ExitCode> {
+    let reference = Reference::parse(&args.reference)?;
+    let platform = parse_platform(args.platform.as_deref())?;
+    let images = Images::open(&engine.config.data_dir)?;
+
+    let progress = PullProgress::new(args.quiet);
+    let image = images.pull(&reference, platform, &progress).await?;
+    if !image.warnings.is_empty() {
+        eprintln!(
+            "mayfly: warning: while unpacking {reference}: {}",
+            image.warnings
+        );
+    }
+    println!("{}", image.record.manifest_digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--platform OS/ARCH[/VARIANT]`.
+pub fn parse_platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {
+    text.map(|text| {
+        text.parse::<Platform>().with_context(|| {
+            format!(
+                "invalid --platform {text:?}: expected OS/ARCH[/VARIANT], for example linux/arm64"
+            )
+        })
+    })
+    .transpose()
+}

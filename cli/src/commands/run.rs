@@ -1,0 +1,210 @@
+//! `mayfly run`: pull the image when missing, start the container with the caller's standard
+//! streams, forward signals, and exit with the container's status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use mayfly_engine::container::{self, ProcessRequest};
+use mayfly_engine::definition::{Change, Definition};
+use mayfly_engine::images::Images;
+use mayfly_engine::runtime::{self, ContainerProcess, ProcessHandle, Stdio};
+use mayfly_image::reference::Reference;
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::pull::parse_platform;
+use super::Engine;
+use crate::args::RunArgs;
+use crate::progress::PullProgress;
+
+mod terminal;
+
+pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let reference = Reference::parse(&args.image)?;
+    let platform = parse_platform(args.platform.as_deref())?;
+    let definition = definition_from_args(&args)?;
+
+    let images = Images::open(&engine.config.data_dir)?;
+    let image = images
+        .ensure(&reference, platform, &PullProgress::new(false))
+        .await?;
+    if !image.warnings.is_empty() {
+        eprintln!(
+            "mayfly: warning: while unpacking {reference}: {}",
+            image.warnings
+        );
+    }
+
+    let request = ProcessRequest {
+        args: (!args.command.is_empty()).then(|| args.command.clone()),
+        tty: args.tty,
+        no_init: args.no_init,
+        hostname: args.hostname.clone(),
+        stdin: if args.interactive {
+            Stdio::Inherit
+        } else {
+            Stdio::Null
+        },
+        stdout: Stdio::Inherit,
+        stderr: Stdio::Inherit,
+    };
+    let spec = container::prepare(
+        &engine.bootstrap,
+        &engine.config.data_dir.join("files"),
+        &definition,
+        &image,
+        &[],
+        request,
+    )?;
+
+    let mut process = runtime::spawn(&spec)?;
+    let process = tokio::task::spawn_blocking(move || -> anyhow::Result<ContainerProcess> {
+        process.start()?;
+        Ok(process)
+    })
+    .await
+    .context("the container start task panicked")??;
+
+    let status = supervise(process, args.tty, engine.config.stop_timeout).await?;
+    Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
+}
+
+/// Waits for the container while forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it; a
+/// container still running `stop_timeout` after SIGINT or SIGTERM is killed.
+async fn supervise(
+    mut process: ContainerProcess,
+    tty: bool,
+    stop_timeout: Duration,
+) -> anyhow::Result<i32> {
+    let handle = process.handle();
+    let terminal = match (tty, process.take_tty()) {
+        (true, Some(master)) => Some(terminal::attach(master)?),
+        _ => None,
+    };
+
+    let forwarder = tokio::spawn(forward_signals(handle, stop_timeout));
+    let status = process.wait().await;
+    forwarder.abort();
+    drop(terminal);
+    let status = status?;
+    tracing::info!(id = process.id(), %status, "container exited");
+    if let Err(error) = process.remove() {
+        tracing::warn!(%error, "failed to remove the container's state");
+    }
+    Ok(status.code())
+}
+
+async fn forward_signals(handle: ProcessHandle, stop_timeout: Duration) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
+    loop {
+        let received = tokio::select! {
+            _ = interrupt.recv() => Signal::SIGINT,
+            _ = terminate.recv() => Signal::SIGTERM,
+            _ = hangup.recv() => Signal::SIGHUP,
+            _ = quit.recv() => Signal::SIGQUIT,
+        };
+        tracing::info!(signal = %received, "forwarding a signal to the container");
+        if let Err(error) = handle.signal(received) {
+            tracing::warn!(%error, signal = %received, "failed to forward a signal");
+        }
+        if matches!(received, Signal::SIGINT | Signal::SIGTERM) {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(stop_timeout).await;
+                tracing::warn!(timeout = ?stop_timeout, "the container outlived its stop timeout; killing it");
+                let _ = handle.signal(Signal::SIGKILL);
+            });
+        }
+    }
+}
+
+/// Turns the run flags into definition changes, in the order Docker applies them.
+fn definition_from_args(args: &RunArgs) -> anyhow::Result<Definition> {
+    let mut definition = Definition::from_reference(&args.image);
+    definition.base.platform = args.platform.clone();
+
+    if let Some(workdir) = &args.workdir {
+        if !workdir.starts_with('/') {
+            bail!("invalid --workdir {workdir:?}: the working directory must be an absolute path");
+        }
+        definition = definition.with(Change::Workdir {
+            path: workdir.clone(),
+        });
+    }
+    for pair in &args.env {
+        let (name, value) = match pair.split_once('=') {
+            Some((name, value)) => (name.to_owned(), value.to_owned()),
+            // `-e NAME` copies the variable from mayfly's environment, if it is set.
+            None => match std::env::var(pair) {
+                Ok(value) => (pair.clone(), value),
+                Err(_) => continue,
+            },
+        };
+        if name.is_empty() {
+            bail!("invalid --env {pair:?}: the variable name is empty; write NAME=VALUE");
+        }
+        definition = definition.with(Change::Env { name, value });
+    }
+    if let Some(user) = &args.user {
+        definition = definition.with(Change::User { user: user.clone() });
+    }
+    if let Some(entrypoint) = &args.entrypoint {
+        let args = if entrypoint.is_empty() {
+            Vec::new()
+        } else {
+            vec![entrypoint.clone()]
+        };
+        definition = definition.with(Change::Entrypoint { args });
+    }
+    for volume in &args.volumes {
+        definition = definition.with(parse_volume(volume)?);
+    }
+    for path in &args.tmpfs {
+        if !path.starts_with('/') {
+            bail!("invalid --tmpfs {path:?}: the mount point must be an absolute path");
+        }
+        definition = definition.with(Change::Tmpfs { path: path.clone() });
+    }
+    for file in &args.new_files {
+        let Some((path, contents)) = file.split_once('=') else {
+            bail!("invalid --new-file {file:?}: write PATH=CONTENT");
+        };
+        definition = definition.with(Change::NewFile {
+            path: path.to_owned(),
+            contents: contents.to_owned(),
+            permissions: 0o644,
+        });
+    }
+    Ok(definition)
+}
+
+/// Parses `HOSTPATH:PATH[:ro|:rw]` and checks that the host path can be used.
+fn parse_volume(volume: &str) -> anyhow::Result<Change> {
+    let parts: Vec<&str> = volume.split(':').collect();
+    let (host, container, read_only) = match parts.as_slice() {
+        [host, container] => (*host, *container, false),
+        [host, container, "ro"] => (*host, *container, true),
+        [host, container, "rw"] => (*host, *container, false),
+        _ => bail!("invalid --volume {volume:?}: write HOSTPATH:PATH, HOSTPATH:PATH:ro or HOSTPATH:PATH:rw"),
+    };
+    if !container.starts_with('/') {
+        bail!("invalid --volume {volume:?}: the container path {container:?} must be absolute");
+    }
+    let host_path = PathBuf::from(host);
+    if !host_path.is_absolute() {
+        bail!("invalid --volume {volume:?}: the host path {host:?} must be absolute");
+    }
+    std::fs::metadata(&host_path).with_context(|| {
+        format!("invalid --volume {volume:?}: the host path {host} cannot be read; create it or fix the path")
+    })?;
+    Ok(Change::MountedDirectory {
+        path: container.to_owned(),
+        source: host.to_owned(),
+        read_only,
+    })
+}
