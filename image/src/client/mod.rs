@@ -9,6 +9,7 @@
 
 mod blob;
 mod challenge;
+mod login;
 mod retry;
 mod tls;
 
