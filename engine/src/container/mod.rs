@@ -7,7 +7,7 @@ mod user;
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{MountBuilder, UserBuilder};
+use oci_spec::runtime::{MountBuilder, RootBuilder, UserBuilder};
 
 pub use files::{file_layer, read_through_layers};
 pub use settings::{FileRequest, MountRequest, Settings};
@@ -115,6 +115,13 @@ pub fn prepare(
     }
     process.set_user(oci_user.build()?);
     oci.set_hostname(Some(hostname.clone()));
+    // oci-spec's default root is read-only; a container's root is writable, as in Docker.
+    oci.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(false)
+            .build()?,
+    ));
     oci.set_mounts(Some(mounts(&settings.mounts)?));
 
     Ok(ContainerSpec {
