@@ -1,3 +1,13 @@
 //! Container definitions, the rootless process runtime and ephemeral services.
+pub mod bootstrap;
 pub mod config;
+pub mod container;
 pub mod definition;
+pub mod images;
+pub mod runtime;
+pub mod session;
+pub mod state;
+mod sys;
+
+pub use container::Container;
+pub use session::Engine;

@@ -1,6 +1,8 @@
 //! From a container definition and its image to a runtime spec: Docker's image-config rules,
 //! users from the image's own files, new files as a layer, bind and tmpfs mounts.
 
+pub mod builder;
+pub mod exec;
 mod files;
 mod settings;
 mod user;
@@ -9,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{MountBuilder, RootBuilder, UserBuilder};
 
+pub use builder::Container;
+pub use exec::{ExecError, ExecOutcome};
 pub use files::{file_layer, read_through_layers};
 pub use settings::{FileRequest, MountRequest, Settings};
 pub use user::{resolve_user, ResolvedUser};

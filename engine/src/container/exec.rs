@@ -1,0 +1,240 @@
+//! Running one exec step of a definition: the command runs on the root file system that the
+//! earlier steps left, its output is captured, and the files it changed become a layer that
+//! later steps build on.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{prepare, ContainerError, ProcessRequest};
+use crate::bootstrap::Storage;
+use crate::definition::Definition;
+use crate::images::LocalImage;
+use crate::runtime::{self, RuntimeError, Stdio};
+use crate::session::Engine;
+
+/// Errors from evaluating a definition.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Images(#[from] crate::images::ImagesError),
+    #[error(transparent)]
+    Definition(#[from] crate::definition::DefinitionError),
+    #[error("invalid image reference {reference:?}")]
+    Reference {
+        reference: String,
+        #[source]
+        source: mayfly_image::reference::ReferenceError,
+    },
+    #[error("invalid platform {platform:?}")]
+    Platform {
+        platform: String,
+        #[source]
+        source: mayfly_image::platform::PlatformError,
+    },
+    #[error("the container has no image: call from() before anything that runs it")]
+    NoImage,
+    #[error(
+        "the container has no exec step, so it has no output or exit code: call with_exec() first"
+    )]
+    NoExec,
+    #[error("{command:?} exited with status {code}; its standard error ends with:\n{stderr_tail}")]
+    ExecFailed {
+        command: Vec<String>,
+        code: i32,
+        stderr_tail: String,
+    },
+    #[error("failed to keep the files that {command:?} changed, at {path}")]
+    Snapshot {
+        command: Vec<String>,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to read the output of {command:?}")]
+    Output {
+        command: Vec<String>,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What one exec step left: its output, status and the layers after it.
+#[derive(Debug)]
+pub struct ExecOutcome {
+    pub command: Vec<String>,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    /// Layers on top of the image after this step, lowest first.
+    pub layers: Vec<PathBuf>,
+    /// Whether `layers` replaces the image's layers (the copied fallback keeps one whole tree).
+    pub replaces_image: bool,
+}
+
+/// Runs the exec step that ends `prefix`, on the layers `before` left.
+pub(crate) async fn run_exec(
+    engine: &Arc<Engine>,
+    prefix: &Definition,
+    image: &LocalImage,
+    before: Option<&ExecOutcome>,
+    args: Vec<String>,
+    stdin: Option<String>,
+    no_init: bool,
+) -> Result<ExecOutcome, ExecError> {
+    let key = prefix.digest()?;
+    let (mut effective_image, extra) = match before {
+        Some(outcome) if outcome.replaces_image => {
+            (image_without_layers(image), outcome.layers.clone())
+        }
+        Some(outcome) => (image.clone(), outcome.layers.clone()),
+        None => (image.clone(), Vec::new()),
+    };
+    effective_image.warnings = Default::default();
+
+    let request = ProcessRequest {
+        args: Some(args.clone()),
+        no_init,
+        stdin: if stdin.is_some() {
+            Stdio::Piped
+        } else {
+            Stdio::Null
+        },
+        stdout: Stdio::Piped,
+        stderr: Stdio::Piped,
+        ..ProcessRequest::default()
+    };
+    // The definition's own entrypoint does not apply to exec steps, as in Dagger: the
+    // arguments are the whole command line.
+    let mut without_entrypoint = prefix.clone();
+    without_entrypoint
+        .changes
+        .push(crate::definition::Change::Entrypoint { args: Vec::new() });
+    let spec = prepare(
+        engine.bootstrap(),
+        &engine.files_dir(),
+        &without_entrypoint,
+        &effective_image,
+        &extra,
+        request,
+    )?;
+
+    tracing::info!(command = ?args, "running exec step");
+    let mut process = runtime::spawn(&spec)?;
+    let stdin_pipe = process.take_stdin();
+    let stdout_pipe = process.take_stdout();
+    let stderr_pipe = process.take_stderr();
+    let mut process = tokio::task::spawn_blocking(move || process.start().map(|()| process))
+        .await
+        .expect("the container start task panicked")?;
+
+    let feeder = stdin.zip(stdin_pipe).map(|(text, mut pipe)| {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(text.as_bytes());
+        })
+    });
+    let stdout_reader = std::thread::spawn(move || read_all(stdout_pipe));
+    let stderr_reader = std::thread::spawn(move || read_all(stderr_pipe));
+    let status = process.wait().await?;
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    let output_error = |source| ExecError::Output {
+        command: args.clone(),
+        source,
+    };
+    let stdout = stdout_reader
+        .join()
+        .expect("reader panicked")
+        .map_err(output_error)?;
+    let stderr = stderr_reader
+        .join()
+        .expect("reader panicked")
+        .map_err(output_error)?;
+
+    let snapshot = engine
+        .snapshots_dir()
+        .join(format!("{}-{}", &key.hex()[..16], &spec.id[..16]));
+    let (layers, replaces_image) = keep_changes(
+        process.state_dir(),
+        engine.bootstrap().storage(),
+        &snapshot,
+        &extra,
+        before.is_some_and(|outcome| outcome.replaces_image),
+    )
+    .map_err(|source| ExecError::Snapshot {
+        command: args.clone(),
+        path: snapshot.clone(),
+        source,
+    })?;
+    if let Err(error) = process.remove() {
+        tracing::warn!(%error, "failed to remove an exec step's container");
+    }
+
+    tracing::info!(command = ?args, code = status.code(), "exec step finished");
+    Ok(ExecOutcome {
+        command: args,
+        stdout,
+        stderr,
+        exit_code: status.code(),
+        layers,
+        replaces_image,
+    })
+}
+
+fn image_without_layers(image: &LocalImage) -> LocalImage {
+    LocalImage {
+        layer_dirs: Vec::new(),
+        ..image.clone()
+    }
+}
+
+fn read_all(pipe: Option<std::fs::File>) -> std::io::Result<String> {
+    let mut text = Vec::new();
+    if let Some(mut pipe) = pipe {
+        pipe.read_to_end(&mut text)?;
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Moves what the step changed out of its state directory before the directory goes: the
+/// overlay's upper directory becomes one more layer, or with the copied fallback the whole
+/// tree replaces every layer.
+fn keep_changes(
+    state_dir: Option<&Path>,
+    storage: Storage,
+    snapshot: &Path,
+    before: &[PathBuf],
+    before_replaces_image: bool,
+) -> std::io::Result<(Vec<PathBuf>, bool)> {
+    let state_dir =
+        state_dir.ok_or_else(|| std::io::Error::other("the container kept no state directory"))?;
+    let (source, replaces_image) = match storage {
+        Storage::Overlay => (state_dir.join("upper"), before_replaces_image),
+        Storage::Copy => (state_dir.join("rootfs"), true),
+    };
+    std::fs::create_dir_all(snapshot)?;
+    let root = snapshot.join("root");
+    std::fs::rename(&source, &root)?;
+
+    let layers = match storage {
+        Storage::Overlay => {
+            let mut layers = before.to_vec();
+            layers.push(root);
+            layers
+        }
+        Storage::Copy => vec![root],
+    };
+    Ok((layers, replaces_image))
+}
+
+/// Reads the last lines of `text`, for error messages.
+pub(crate) fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
