@@ -181,7 +181,7 @@ fn run_pipes_stdin() {
 #[test]
 fn run_forwards_sigterm() {
     let Some(home) = ready() else { return };
-    let child = home
+    let mut child = home
         .mayfly()
         .args([
             "run",
@@ -193,21 +193,21 @@ fn run_forwards_sigterm() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let mut stdout = child.stdout.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     wait_for_line(&mut stdout, "ready");
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
+        nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(rest.contains("got TERM"), "the trap ran: {rest:?}");
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None).unwrap();
+    let status = child.wait().unwrap();
     assert_eq!(
-        status,
-        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid as i32), 3)
+        status.code(),
+        Some(3),
+        "mayfly exits with the container's status"
     );
 }
 
