@@ -1,7 +1,7 @@
 //! Benchmark of a published TCP port: throughput of one connection and
 //! sequential connections per second, through `Sandbox::publish_tcp` and
 //! over plain loopback as the baseline. `bench/tunnel` runs it and compares
-//! it with rootless Podman.
+//! it with rootless Podman and pasta.
 //!
 //! Modes:
 //!
@@ -15,17 +15,20 @@
 //! - `tunnel_bench --client ADDR --label NAME [--mib N] [--conns N]`
 //!   measures a sink at ADDR, which must be on loopback.
 //!
-//! The sink reads each connection until end of file, then replies with the
-//! byte count in decimal and a newline, and closes. One request/reply pair
-//! thus serves both measurements, and the client checks every count. Each
-//! measured target prints one line:
+//! A request is a length (8 bytes, big-endian) and that many bytes. The sink
+//! reads them, replies with the byte count in decimal and a newline, and
+//! closes. One request/reply pair thus serves both measurements, and the
+//! client checks every count. The sink closes first, so TIME_WAIT falls on
+//! the server's fixed port: were the client the first to close, thousands of
+//! connections per run would leave its ephemeral ports in TIME_WAIT and slow
+//! down every later `connect`. Each measured target prints one line:
 //! `RESULT <label> throughput_mib_s=<f> conn_per_s=<f> mib=<n> conns=<n>`.
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use mayfly_netns::{NetNs, NetnsThread, Sandbox, SandboxConfig, TcpForward, TunnelConfig};
@@ -37,6 +40,10 @@ const CHUNK: usize = 1024 * 1024;
 
 /// Payload of one connection in the connections-per-second measurement.
 const SMALL_PAYLOAD: &[u8] = &[b'x'; 64];
+
+/// How long the client waits for one read or write before it gives up, so
+/// that a forwarder that stalls fails the run instead of hanging it.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Port of the sink inside the stand-in container.
 const CONTAINER_PORT: u16 = 9000;
@@ -210,7 +217,7 @@ fn spawn_sink(listener: TcpListener) {
 }
 
 /// Serves each connection on a thread of its own, so that a client that
-/// never sends end of file cannot stall the others.
+/// stops sending cannot stall the others.
 fn accept_loop(listener: TcpListener) {
     for stream in listener.incoming() {
         match stream {
@@ -227,10 +234,17 @@ fn accept_loop(listener: TcpListener) {
 }
 
 fn sink_connection(mut stream: TcpStream) -> Result<()> {
+    let mut header = [0u8; 8];
+    stream
+        .read_exact(&mut header)
+        .context("failed to read the request length")?;
+    let length = u64::from_be_bytes(header);
+
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
-    loop {
-        let read = stream.read(&mut buf)?;
+    while total < length {
+        let remaining = (length - total).min(CHUNK as u64) as usize;
+        let read = stream.read(&mut buf[..remaining])?;
         if read == 0 {
             break;
         }
@@ -269,37 +283,46 @@ fn measure_and_print(label: &str, addr: SocketAddr, options: &Options) -> Result
 fn send_bulk(addr: SocketAddr, mib: u64) -> Result<f64> {
     let chunk = vec![0x5au8; CHUNK];
     let start = Instant::now();
-    let mut stream =
-        TcpStream::connect(addr).with_context(|| format!("failed to connect to {addr}"))?;
+    let mut stream = connect(addr)?;
+    let length = mib * CHUNK as u64;
+    stream.write_all(&length.to_be_bytes())?;
     for _ in 0..mib {
         stream.write_all(&chunk)?;
     }
-    expect_count(stream, mib * CHUNK as u64)?;
+    expect_count(stream, length)?;
     Ok(mib as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Opens `conns` connections one after another, each sending a small
 /// payload and reading the count. Returns connections per second.
 fn round_trips(addr: SocketAddr, conns: u32) -> Result<f64> {
+    let length = SMALL_PAYLOAD.len() as u64;
+    let request = [&length.to_be_bytes()[..], SMALL_PAYLOAD].concat();
     let start = Instant::now();
     for i in 0..conns {
-        let mut stream = TcpStream::connect(addr)
-            .with_context(|| format!("connection {i}: failed to connect to {addr}"))?;
-        stream.write_all(SMALL_PAYLOAD)?;
-        expect_count(stream, SMALL_PAYLOAD.len() as u64)
-            .with_context(|| format!("connection {i}"))?;
+        let mut stream = connect(addr).with_context(|| format!("connection {i}"))?;
+        stream.write_all(&request)?;
+        expect_count(stream, length).with_context(|| format!("connection {i}"))?;
     }
     Ok(f64::from(conns) / start.elapsed().as_secs_f64())
 }
 
-/// Half-closes `stream`, reads the sink's reply to end of file and checks
-/// that it is `expected`.
+fn connect(addr: SocketAddr) -> Result<TcpStream> {
+    let stream =
+        TcpStream::connect(addr).with_context(|| format!("failed to connect to {addr}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// Reads the sink's reply to end of file and checks that it is `expected`.
 fn expect_count(mut stream: TcpStream, expected: u64) -> Result<()> {
-    stream.shutdown(Shutdown::Write)?;
     let mut reply = String::new();
     stream
         .read_to_string(&mut reply)
-        .context("failed to read the sink's reply")?;
+        .with_context(|| {
+            format!("failed to read the sink's reply (timeout {IO_TIMEOUT:?}); the forwarder may have stalled or dropped data")
+        })?;
     let count: u64 = reply
         .trim_end()
         .parse()
