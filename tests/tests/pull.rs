@@ -175,6 +175,24 @@ fn login_basic_auth_registry() {
         "the error suggests mayfly login"
     );
 
+    let mut wrong = home.mayfly();
+    wrong.args([
+        "login",
+        "--username",
+        mayfly_tests::BASIC_USER,
+        "--password-stdin",
+        mayfly_tests::REGISTRY_BASIC,
+    ]);
+    let rejected = pipe_input(wrong, "not-the-password\n");
+    assert!(
+        !rejected.status.success(),
+        "a wrong password must be rejected"
+    );
+    assert!(
+        !home.runtime_dir().join("containers/auth.json").exists(),
+        "a rejected login stores nothing"
+    );
+
     let mut login = home.mayfly();
     login.args([
         "login",

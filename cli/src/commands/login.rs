@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use mayfly_image::auth::{AuthFiles, Credentials};
+use mayfly_image::client::RegistryClient;
 use mayfly_image::reference::DEFAULT_REGISTRY;
 use nix::sys::termios::{self, LocalFlags, SetArg};
 
@@ -38,6 +39,11 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     }
 
     let credentials = Credentials::new(username, password);
+    let client = RegistryClient::from_env()?;
+    client
+        .check_login(&registry, &credentials)
+        .await
+        .with_context(|| format!("login to {registry} failed; nothing was stored"))?;
     let files = AuthFiles::from_env();
     let path = files
         .login(&registry, &credentials)
