@@ -65,8 +65,10 @@ fn main() {
     libtest_mimic::run(&args, trials()).exit();
 }
 
+type TestFn = fn() -> Result<()>;
+
 fn trials() -> Vec<Trial> {
-    let tests: Vec<(&'static str, fn() -> Result<()>)> = vec![
+    let tests: Vec<(&'static str, TestFn)> = vec![
         ("uid_map_matches_bootstrap", uid_map_matches_bootstrap),
         ("docker_capabilities", docker_capabilities),
         ("seccomp_and_no_new_privs", seccomp_and_no_new_privs),
@@ -670,17 +672,32 @@ fn kill_engine_from_host() -> Result<()> {
         .env("MAYFLY_TEST_MARKER", &marker)
         .stdout(ProcessStdio::piped())
         .spawn()?;
+    let result = kill_victim(&mut child, &marker);
+    // Whatever failed above, no victim may outlive the test.
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+fn kill_victim(child: &mut std::process::Child, marker: &str) -> Result<()> {
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     let engine_pid: i32 = lines.next().context("no engine pid")??.parse()?;
+    let engine = nix::unistd::Pid::from_raw(engine_pid);
     let state_dir = lines.next().context("no state dir line")??;
-    ensure!(
-        process_with_marker(&marker).is_some(),
-        "the container's sleep is not running"
-    );
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(engine_pid), Signal::SIGKILL)?;
+    // The command may still be between fork and exec when the engine prints.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while process_with_marker(marker).is_none() {
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(engine, Signal::SIGKILL);
+            bail!("the container's sleep never showed up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    nix::sys::signal::kill(engine, Signal::SIGKILL)?;
     let deadline = Instant::now() + Duration::from_secs(1);
-    while process_with_marker(&marker).is_some() {
+    while process_with_marker(marker).is_some() {
         ensure!(
             Instant::now() < deadline,
             "container process still alive 1 s after the engine died"
