@@ -45,6 +45,12 @@ pub enum StateError {
     /// The container directory is held by another live engine.
     #[error("container directory {path} is in use by another mayfly process; pick another id")]
     InUse { path: PathBuf },
+    /// The runtime dir belongs to someone else or is open to other users.
+    #[error(
+        "{path} is not a private directory of this user (owner and mode 0700 expected); \
+         remove it or set XDG_RUNTIME_DIR"
+    )]
+    NotPrivate { path: PathBuf },
     /// The container id would not make a plain file name.
     #[error(
         "invalid container id {id:?}: use 1 to 128 characters from a-z, A-Z, 0-9, '_', '-' \
@@ -114,10 +120,24 @@ impl StateDirs {
         })
     }
 
-    /// Creates the directories with mode 0700.
+    /// Creates the directories with mode 0700 and checks that the runtime dir, which may sit
+    /// in the shared `/tmp`, belongs to the caller and is private.
     pub fn create(&self) -> Result<(), StateError> {
         for dir in [&self.runtime, &self.data, &self.containers] {
             create_private_dir(dir)?;
+        }
+        let meta =
+            std::fs::symlink_metadata(&self.runtime).map_err(|source| StateError::Create {
+                path: self.runtime.clone(),
+                source,
+            })?;
+        let private = meta.is_dir()
+            && meta.uid() == nix::unistd::geteuid().as_raw()
+            && meta.mode() & 0o077 == 0;
+        if !private {
+            return Err(StateError::NotPrivate {
+                path: self.runtime.clone(),
+            });
         }
         Ok(())
     }

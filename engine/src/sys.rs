@@ -364,3 +364,27 @@ pub fn setdomainname(name: &str) -> io::Result<()> {
     let ret = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
     check(ret.into()).map(drop)
 }
+
+/// Sets the `IFF_UP` flag of the loopback interface `lo` in the caller's network namespace
+/// (`SIOCGIFFLAGS`/`SIOCSIFFLAGS` on a datagram socket).
+pub fn set_loopback_up() -> io::Result<()> {
+    // SAFETY: socket() has no memory arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = check(fd.into())? as RawFd;
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into the valid ifreq.
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
+    check(ret.into())?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union, so reading it is defined.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads the name and flags from the valid ifreq.
+    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) };
+    check(ret.into()).map(drop)
+}

@@ -1,11 +1,11 @@
 //! End-to-end tests of the bootstrap and the container runtime on the real kernel.
 //!
-//! The engine must run as an unprivileged user. Started as root (as in CI), this binary
-//! re-executes itself as the user named by `MAYFLY_TEST_USER` (default `mayfly-ci`), with a
-//! private data directory; when that user does not exist every test reports
-//! "skipped: <reason>". Tests that need another engine configuration (copied storage, a
-//! single-ID map, an engine to kill) run this binary again in a scenario mode selected by
-//! `MAYFLY_TEST_SCENARIO`.
+//! The engine must run as an unprivileged user. `scripts/test` runs test binaries as that user.
+//! Started directly as root, this binary re-executes itself as the user named by
+//! `MAYFLY_TEST_USER` (default `mayfly-ci`) with a private data directory. When that user does
+//! not exist, every test reports "skipped: <reason>". Tests that need another engine
+//! configuration (copied storage, a single-ID map, an engine to kill) run this binary again,
+//! from the host namespaces, in a scenario mode selected by `MAYFLY_TEST_SCENARIO`.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -76,6 +76,7 @@ fn trials() -> Vec<Trial> {
         ("hostname_and_etc_files", hostname_and_etc_files),
         ("mount_table", mount_table),
         ("pid1_is_init", pid1_is_init),
+        ("network_has_only_loopback_up", network_has_only_loopback_up),
         ("no_init_runs_command_as_pid1", no_init_runs_command_as_pid1),
         ("env_and_created_workdir", env_and_created_workdir),
         ("exit_statuses", exit_statuses),
@@ -411,6 +412,13 @@ fn pid1_is_init() -> Result<()> {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0].trim(), "mayfly-init");
     assert_eq!(lines[1], "2");
+    Ok(())
+}
+
+fn network_has_only_loopback_up() -> Result<()> {
+    let out = run_ok(&sh("ls /sys/class/net; cat /sys/class/net/lo/flags"))?;
+    // 0x9 is IFF_UP | IFF_LOOPBACK.
+    assert_eq!(out, "lo\n0x9\n");
     Ok(())
 }
 

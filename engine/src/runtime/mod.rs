@@ -52,7 +52,7 @@ pub enum RuntimeError {
     /// The spec is incomplete or contradicts itself.
     #[error("container {id}: invalid spec: {reason}")]
     InvalidSpec { id: String, reason: String },
-    /// The spec asks for something this runtime does not implement.
+    /// The spec requests something this runtime does not implement.
     #[error("container {id}: {what} is not supported by the mayfly runtime")]
     Unsupported { id: String, what: String },
     /// A bind mount's host path is missing or unreadable.

@@ -1,4 +1,4 @@
-//! A running container as the engine sees it: the init's PID and pidfd, its streams, its
+//! The engine's handle on a running container: the init's PID and pidfd, its streams and its
 //! state directory.
 
 use std::fmt;
@@ -18,7 +18,7 @@ use super::RuntimeError;
 use crate::state::ContainerDir;
 use crate::sys;
 
-/// How a container's init ended.
+/// Exit status of a container's init.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
     /// Exited with this status. Under the small init, a command killed by signal N shows up
@@ -149,28 +149,28 @@ impl ContainerProcess {
         Ok(())
     }
 
-    /// The container's id.
+    /// Returns the container's id.
     pub fn id(&self) -> &str {
         &self.handle.id
     }
 
-    /// The PID of the container's init in the engine's PID namespace (which is the host's).
+    /// Returns the PID of the container's init in the engine's PID namespace, which is the host's.
     /// Its `/proc/<pid>/ns/net` is the container's network namespace.
     pub fn pid(&self) -> libc::pid_t {
         self.pid
     }
 
-    /// A pidfd of the container's init, valid as long as this value lives.
+    /// Returns a pidfd of the container's init, valid as long as this value lives.
     pub fn pidfd(&self) -> BorrowedFd<'_> {
         self.handle.pidfd.as_fd()
     }
 
-    /// The state directory (upper layer, written files).
+    /// Returns the state directory, which contains the upper layer and the generated files.
     pub fn state_dir(&self) -> Option<&std::path::Path> {
         self.dir.as_ref().map(ContainerDir::path)
     }
 
-    /// A handle to signal the container from another task.
+    /// Returns a handle to signal the container from another task.
     pub fn handle(&self) -> ProcessHandle {
         self.handle.clone()
     }

@@ -30,24 +30,32 @@ pub fn spawn(spec: &ContainerSpec) -> Result<ContainerProcess, RuntimeError> {
             id: id.to_owned(),
             source,
         })?;
-    let plan = prepare_dir(spec, dir.path(), checked.tty)?;
-
-    let (child_fds, streams) = if checked.tty {
-        ([None, None, None], Streams::default())
-    } else {
-        stdio_fds(spec)?
-    };
-    let (engine_end, init_end) = UnixStream::pair().map_err(|source| RuntimeError::Launch {
-        id: id.to_owned(),
-        source,
-    })?;
-    let [stdin, stdout, stderr] = child_fds;
-    let launched = launcher::launch_init([stdin, stdout, stderr, Some(init_end.into())]).map_err(
-        |source| RuntimeError::Launch {
+    let launch = || -> Result<_, RuntimeError> {
+        let plan = prepare_dir(spec, dir.path(), checked.tty)?;
+        let (child_fds, streams) = if checked.tty {
+            ([None, None, None], Streams::default())
+        } else {
+            stdio_fds(spec)?
+        };
+        let launch_error = |source| RuntimeError::Launch {
             id: id.to_owned(),
             source,
-        },
-    )?;
+        };
+        let (engine_end, init_end) = UnixStream::pair().map_err(launch_error)?;
+        let [stdin, stdout, stderr] = child_fds;
+        let launched = launcher::launch_init([stdin, stdout, stderr, Some(init_end.into())])
+            .map_err(launch_error)?;
+        Ok((plan, streams, engine_end, launched))
+    };
+    let (plan, streams, engine_end, launched) = match launch() {
+        Ok(launched) => launched,
+        Err(err) => {
+            if let Err(cleanup) = dir.remove() {
+                tracing::warn!(container = %id, error = %cleanup, "failed to remove the state of a container that did not start");
+            }
+            return Err(err);
+        }
+    };
     tracing::debug!(container = %id, pid = launched.pid, "init process launched");
 
     // From here on, dropping `process` kills and reaps the init and removes the directory.

@@ -139,7 +139,7 @@ fn run(fd_text: &str) -> i32 {
     match run_plan(&plan, &mut channel) {
         Ok(code) => code,
         Err(err) => {
-            // The engine may be gone already; the exit status then tells the story.
+            // The engine may be gone already, and then only the exit status remains.
             let _ = channel.send(
                 &FromInit::Failed {
                     message: err.to_string(),
@@ -181,7 +181,7 @@ fn run_plan(plan: &InitPlan, channel: &mut Channel) -> Result<i32, InitError> {
 
     let command = exec::Command::from_process(process);
     if plan.no_init {
-        // The socket is close-on-exec: the engine sees it close when the command starts.
+        // The socket is close-on-exec, so the engine reads end of stream once the command starts.
         exec::exec_as_pid1(&command, slave.as_ref())
     } else {
         reaper::run(&command, slave, channel)

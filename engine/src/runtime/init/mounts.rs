@@ -18,7 +18,7 @@ use crate::sys;
 
 const NO_DATA: Option<&str> = None;
 
-/// What a mount destination must be.
+/// Kind of file a mount destination must be.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Target {
     Dir,
@@ -53,9 +53,9 @@ pub(super) fn mount_proc(root: &Path) -> Result<(), InitError> {
         .map_err(InitError::errno("mount proc on", &target))
 }
 
-/// Mounts a read-only sysfs. The kernel allows a new sysfs only to the owner of the current
-/// network namespace, which the engine's user namespace is; if it still refuses, the host's
-/// `/sys` is bind-mounted read-only instead.
+/// Mounts a read-only sysfs. The kernel allows a new sysfs only to the user namespace that owns
+/// the current network namespace, which the engine's is. If the kernel still rejects it, the
+/// host's `/sys` is bind-mounted read-only instead.
 pub(super) fn mount_sys(root: &Path) -> Result<(), InitError> {
     let target = prepare_target(root, Path::new("/sys"), Target::Dir)?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

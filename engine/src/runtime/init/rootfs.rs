@@ -9,8 +9,8 @@ use crate::runtime::overlay;
 use crate::runtime::spec::{InitPlan, RootfsPlan};
 
 /// Mounts the root file system with `/proc`, `/dev`, `/sys`, the spec's mounts and the
-/// generated files, pivots into it, then applies sysctls, masked and read-only paths and the
-/// hostname.
+/// generated files, and pivots into it. Then applies sysctls, masked and read-only paths,
+/// brings up `lo` and sets the hostname.
 pub(super) fn prepare(plan: &InitPlan) -> Result<(), InitError> {
     // The init's mount namespace is a copy of the engine's; nothing mounted here may
     // propagate back.
@@ -69,6 +69,13 @@ pub(super) fn prepare(plan: &InitPlan) -> Result<(), InitError> {
     if plan.oci.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         mounts::set_readonly(Path::new("/"), false)?;
     }
+
+    // The network namespace is new; the engine adds other links before it releases the
+    // container.
+    crate::sys::set_loopback_up().map_err(|source| InitError::Step {
+        step: "bring up the loopback interface",
+        source,
+    })?;
 
     if let Some(hostname) = plan.oci.hostname() {
         nix::unistd::sethostname(hostname).map_err(InitError::step("set the hostname"))?;

@@ -144,8 +144,8 @@ fn switch_user(process: &Process) -> Result<(), InitError> {
         .map(|g| Gid::from_raw(*g))
         .collect();
 
-    // setgroups is denied in a user namespace with a self-written single-ID map; only GID 0
-    // exists there and the engine checked that every requested group is mapped.
+    // setgroups is denied in a user namespace with a self-written single-ID map. Only GID 0
+    // exists there, and the engine checked that every requested group is mapped.
     if setgroups_allowed() {
         nix::unistd::setgroups(&groups).map_err(InitError::step("set the supplementary groups"))?;
     }
