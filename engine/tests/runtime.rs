@@ -28,6 +28,8 @@ use nix::sys::signal::Signal;
 const USER_VAR: &str = "MAYFLY_TEST_USER";
 const SCENARIO_VAR: &str = "MAYFLY_TEST_SCENARIO";
 const DEFAULT_USER: &str = "mayfly-ci";
+/// Set to run as root without switching user, to exercise the bootstrap's root path.
+const AS_ROOT_VAR: &str = "MAYFLY_TEST_AS_ROOT";
 
 /// Docker's default capabilities as the kernel's bit mask (CapEff of `docker run`).
 const DOCKER_CAPS: &str = "00000000a80425fb";
@@ -44,7 +46,8 @@ struct Engine {
 fn main() {
     runtime::init_if_requested();
 
-    if nix::unistd::Uid::current().is_root() {
+    let as_root = std::env::var_os(AS_ROOT_VAR).is_some();
+    if nix::unistd::Uid::current().is_root() && !as_root {
         std::process::exit(delegate_to_user());
     }
     if let Ok(scenario) = std::env::var(SCENARIO_VAR) {
@@ -87,6 +90,8 @@ fn trials() -> Vec<Trial> {
         ("bind_source_missing", bind_source_missing),
         ("user_switch", user_switch),
         ("tty_allocated_in_container", tty_allocated_in_container),
+        ("many_layers_mount", many_layers_mount),
+        ("whiteouts_hide_lower_files", whiteouts_hide_lower_files),
         ("copy_storage_forced", copy_storage_forced),
         ("single_id_map_forced", single_id_map_forced),
         ("engine_kill_leaves_nothing", engine_kill_leaves_nothing),
@@ -604,6 +609,87 @@ fn tty_allocated_in_container() -> Result<()> {
     Ok(())
 }
 
+/// Creates a layer directory named `name` under the data dir, replacing an older one.
+fn fresh_layer(name: &str) -> Result<PathBuf> {
+    let dir = engine()
+        .bootstrap
+        .state_dirs()
+        .data
+        .join("test-layers")
+        .join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn many_layers_mount() -> Result<()> {
+    // 60 layers with long paths exceed the one-page limit of overlay's classic option string.
+    let mut layers = vec![engine().rootfs.clone()];
+    for index in 0..60 {
+        let layer = fresh_layer(&format!("many-{index:02}-{}", "x".repeat(60)))?;
+        std::fs::create_dir(layer.join("layers"))?;
+        std::fs::write(layer.join("layers").join(index.to_string()), "")?;
+        std::fs::write(layer.join("top"), index.to_string())?;
+        layers.push(layer);
+    }
+    let mut spec = sh("ls /layers | wc -l; cat /top");
+    spec.layers = layers;
+    let out = run_ok(&spec)?;
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["60", "59"]);
+    Ok(())
+}
+
+/// Layers in overlay format: a 0:0 character device deletes a lower file, and an opaque
+/// directory hides the lower directory's content. Checked with the engine's storage mode.
+fn whiteouts_hide_lower_files() -> Result<()> {
+    let upper = fresh_layer(&format!("whiteout-{:?}", engine().bootstrap.storage()))?;
+    std::fs::create_dir_all(upper.join("bin"))?;
+    nix::sys::stat::mknod(
+        &upper.join("bin/vi"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+        0,
+    )
+    .context("mknod of a whiteout")?;
+    std::fs::create_dir_all(upper.join("etc"))?;
+    std::fs::write(upper.join("etc/added"), "")?;
+    set_opaque(&upper.join("etc"))?;
+
+    let mut spec = sh("ls /bin/vi 2>/dev/null || echo no-vi; ls /bin/sh; ls /etc");
+    spec.layers = vec![engine().rootfs.clone(), upper];
+    let out = run_ok(&spec)?;
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "no-vi");
+    assert_eq!(lines[1], "/bin/sh");
+    assert_eq!(lines[2..], ["added"]);
+    Ok(())
+}
+
+/// Marks `dir` opaque the way overlay with `userxattr` reads it.
+fn set_opaque(dir: &Path) -> Result<()> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: both strings are NUL-terminated and the value pointer and length describe the
+    // one-byte slice, all alive for the call.
+    let ret = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"user.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    ensure!(
+        ret == 0,
+        "setxattr on {}: {}",
+        dir.display(),
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
 // ----- scenarios in a separate engine process -----
 
 /// Results of the scenarios, gathered from the host namespaces before the bootstrap.
@@ -654,7 +740,10 @@ fn run_scenario_process(scenario: &str, extra_env: &[(&str, &str)]) -> Result<St
 
 fn copy_storage_forced() -> Result<()> {
     let out = host_side().copy.clone().map_err(anyhow::Error::msg)?;
-    assert_eq!(out, "storage Copy\nroot not-overlay\nwritten\n");
+    assert_eq!(
+        out,
+        "storage Copy\nroot not-overlay\nwritten\nwhiteouts applied\n"
+    );
     Ok(())
 }
 
@@ -770,6 +859,8 @@ fn scenario_copy() -> Result<()> {
     let script = "grep -q ' / / .* - overlay ' /proc/self/mountinfo && echo root overlay || echo root not-overlay; echo x > /written && echo written";
     let out = run_ok(&sh(script))?;
     print!("{out}");
+    whiteouts_hide_lower_files()?;
+    println!("whiteouts applied");
     Ok(())
 }
 
