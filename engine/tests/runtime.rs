@@ -95,6 +95,7 @@ fn trials() -> Vec<Trial> {
         ("copy_storage_forced", copy_storage_forced),
         ("single_id_map_forced", single_id_map_forced),
         ("engine_kill_leaves_nothing", engine_kill_leaves_nothing),
+        ("parent_forwards_sigterm", parent_forwards_sigterm),
     ];
     tests
         .into_iter()
@@ -697,6 +698,7 @@ struct HostSide {
     copy: Result<String, String>,
     single: Result<String, String>,
     engine_kill: Result<(), String>,
+    term_forward: Result<(), String>,
     host_uid: u32,
 }
 
@@ -710,6 +712,7 @@ impl HostSide {
                 &[("MAYFLY_ID_MAP", "single")],
             )),
             engine_kill: kill_engine_from_host().map_err(|e| format!("{e:#}")),
+            term_forward: terminate_through_parent().map_err(|e| format!("{e:#}")),
             host_uid: nix::unistd::Uid::current().as_raw(),
         }
     }
@@ -756,6 +759,46 @@ fn single_id_map_forced() -> Result<()> {
 
 fn engine_kill_leaves_nothing() -> Result<()> {
     host_side().engine_kill.clone().map_err(anyhow::Error::msg)
+}
+
+fn parent_forwards_sigterm() -> Result<()> {
+    host_side().term_forward.clone().map_err(anyhow::Error::msg)
+}
+
+/// Sends SIGTERM to the host-side parent of an engine: the parent forwards it, the engine
+/// dies of it (no handler), its container follows, and the parent exits with 128+15.
+fn terminate_through_parent() -> Result<()> {
+    let marker = format!("98764{}", std::process::id());
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .env(SCENARIO_VAR, "victim")
+        .env("MAYFLY_TEST_MARKER", &marker)
+        .stdout(ProcessStdio::piped())
+        .spawn()?;
+    let result = (|| -> Result<()> {
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        lines.next().context("no engine pid")??;
+        lines.next().context("no state dir line")??;
+        let parent = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(parent, Signal::SIGTERM)?;
+        let status = child.wait()?;
+        ensure!(
+            status.code() == Some(128 + libc::SIGTERM),
+            "the host-side parent exited with {status}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while process_with_marker(&marker).is_some() {
+            ensure!(
+                Instant::now() < deadline,
+                "container still alive 1 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// Starts an engine with a sleeping container, kills the engine with SIGKILL, and checks
