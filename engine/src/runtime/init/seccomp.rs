@@ -12,6 +12,9 @@
 //! `clone3` fails with ENOSYS (its flags sit in memory that seccomp cannot read, and ENOSYS
 //! makes glibc fall back to `clone`), and `personality` accepts only the values Docker
 //! accepts. `ptrace` stays allowed, as in Docker on kernels 4.8 and later.
+//!
+//! NOTE: seccompiler's architecture check kills a process that makes a system call of another
+//! ABI, so 32-bit x86 programs die on their first call, which Docker's profile allows.
 
 use std::collections::BTreeMap;
 
