@@ -71,3 +71,17 @@ bench_machine() {
     "$(. /etc/os-release && echo "$PRETTY_NAME")" "$(nproc)" \
     "$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1048576))" "$(uname -r)"
 }
+
+# Prints the podman options that select the OCI runtime. crun 1.8 refuses to start a container
+# when cgroups are in hybrid mode (v1 controllers plus a v2 hierarchy that has controllers
+# enabled), so there runc is used instead: runc 1.1.5 starts rootless containers on such a host.
+# The runtime only creates the container, so it is not in the data path that is measured.
+podman_runtime_options() {
+  local controllers=/sys/fs/cgroup/unified/cgroup.controllers
+  if [[ -n $(cat "$controllers" 2>/dev/null) ]]; then
+    if ! command -v runc >/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q runc >/dev/null
+    fi
+    echo "--runtime runc"
+  fi
+}
