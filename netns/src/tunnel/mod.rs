@@ -8,9 +8,11 @@
 //!
 //! TCP bytes move with `splice(2)` through a pipe per direction, so they are
 //! never copied to user space. A half-close is passed on, and a full pipe
-//! stops reading (backpressure). UDP goes through a per-flow table keyed by
+//! stops reading (backpressure). Pipes are reused across connections, and a
+//! connection that fills its pipe gets a larger one within a budget. UDP goes through a per-flow table keyed by
 //! the client address, with idle expiry.
 
+mod pipe;
 mod port_holder;
 mod splice;
 mod tcp;
@@ -44,6 +46,13 @@ pub struct TunnelConfig {
     pub max_udp_flows: usize,
     /// Maximum log lines per second about individual connections and flows.
     pub log_lines_per_second: u32,
+    /// Maximum bytes in enlarged (1 MiB) relay pipes across all TCP tunnels
+    /// of the process. Each tunnel compares the process's total with its
+    /// own value. Pipe buffers count against the user's
+    /// `fs.pipe-user-pages-soft` limit, which container processes of the
+    /// same uid share, so the limit leaves room for them. With 0, every pipe
+    /// keeps the default size of 64 KiB.
+    pub max_enlarged_pipe_bytes: usize,
 }
 
 impl Default for TunnelConfig {
@@ -54,6 +63,8 @@ impl Default for TunnelConfig {
             udp_idle_timeout: Duration::from_secs(45),
             max_udp_flows: 1024,
             log_lines_per_second: 10,
+            // Half of the default limit of 16384 pages of 4 KiB.
+            max_enlarged_pipe_bytes: 32 * 1024 * 1024,
         }
     }
 }

@@ -1,65 +1,68 @@
 //! Relaying a TCP connection pair with `splice(2)` through pipes.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 
-use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use nix::fcntl::{splice, SpliceFFlags};
 use nix::sys::socket::{shutdown, Shutdown};
-use nix::unistd::pipe2;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bytes asked of one `splice` call. A pipe holds 64 KiB by default, so the
-/// data in flight per direction is bounded by the pipe, not by this.
-const SPLICE_LEN: usize = 64 * 1024;
+use super::pipe::{Pipe, PipePool};
 
 /// Moves bytes both ways between `a` and `b` until both directions reach
 /// end of file, passing each half-close on with `shutdown(SHUT_WR)`.
 /// Returns the bytes moved from `a` to `b` and from `b` to `a`. An error in
 /// either direction ends both.
 ///
+/// The two pipes come from `pipes` and go back to it when the relay ends or
+/// is dropped. A direction that fills at least half its pipe in one call
+/// gets a 1 MiB pipe, unless the process's enlarged pipes would then exceed
+/// `max_enlarged_pipe_bytes`.
+///
 /// NOTE: splice into a socket whose peer is gone raises SIGPIPE (the kernel
 /// sets no MSG_NOSIGNAL for it). Rust binaries ignore SIGPIPE from startup,
 /// so the call fails with EPIPE instead; a host program that restores the
 /// default disposition would be killed.
-pub(crate) async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    let a_to_b = Pipe::new()?;
-    let b_to_a = Pipe::new()?;
-    tokio::try_join!(pump(a, b, &a_to_b), pump(b, a, &b_to_a))
-}
-
-struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
-}
-
-impl Pipe {
-    fn new() -> io::Result<Self> {
-        let (read, write) = pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
-        Ok(Self { read, write })
-    }
+pub(crate) async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    pipes: &Arc<PipePool>,
+    max_enlarged_pipe_bytes: usize,
+) -> io::Result<(u64, u64)> {
+    let mut a_to_b = pipes.take()?;
+    let mut b_to_a = pipes.take()?;
+    let budget = (pipes, max_enlarged_pipe_bytes);
+    tokio::try_join!(
+        pump(a, b, &mut a_to_b, budget),
+        pump(b, a, &mut b_to_a, budget)
+    )
 }
 
 /// One direction: fill the pipe from `src`, drain it fully into `dst`, and
 /// only then read again. When `dst` stops reading, the pipe stays full and
 /// `src` is not read, so the sender's TCP window closes (backpressure).
-async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
+///
+/// The pipe's byte count is updated inside the closure that makes each
+/// splice call, so it stays right when the future is dropped at an await.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &mut Pipe,
+    (pipes, max_enlarged_pipe_bytes): (&Arc<PipePool>, usize),
+) -> io::Result<u64> {
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let mut total = 0u64;
     loop {
         // The pipe is empty here, so EAGAIN can only mean that `src` has
         // nothing to read, which is what clearing its readiness assumes.
+        let size = pipe.size();
         let filled = src
             .async_io(Interest::READABLE, || {
-                splice(
-                    src.as_fd(),
-                    None,
-                    pipe.write.as_fd(),
-                    None,
-                    SPLICE_LEN,
-                    flags,
-                )
-                .map_err(io::Error::from)
+                let len = splice(src.as_fd(), None, pipe.write_end(), None, size, flags)?;
+                pipe.filled(len);
+                Ok(len)
             })
             .await?;
         if filled == 0 {
@@ -71,12 +74,20 @@ async fn pump(src: &TcpStream, dst: &TcpStream, pipe: &Pipe) -> io::Result<u64> 
         while pending > 0 {
             pending -= dst
                 .async_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_fd(), None, dst.as_fd(), None, pending, flags)
-                        .map_err(io::Error::from)
+                    let len = splice(pipe.read_end(), None, dst.as_fd(), None, pending, flags)?;
+                    pipe.drained(len);
+                    Ok(len)
                 })
                 .await?;
         }
         total += filled as u64;
+
+        // A splice that filled half the pipe or more suggests a sender with
+        // more data queued than the pipe takes, so a larger pipe would save
+        // calls.
+        if filled >= size / 2 {
+            pipe.enlarge(pipes.budget(), max_enlarged_pipe_bytes);
+        }
     }
 }
 

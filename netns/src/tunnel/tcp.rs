@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::timeout;
 
+use super::pipe::PipePool;
 use super::port_holder::{self, Protocol};
 use super::splice::relay;
 use super::{TunnelConfig, TunnelError, TunnelLog};
@@ -114,6 +115,7 @@ async fn accept_loop(
     // them too, which closes their sockets and pipes.
     let mut connections = JoinSet::new();
     let permits = Arc::new(Semaphore::new(config.max_connections));
+    let pipes = PipePool::shared();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -124,9 +126,17 @@ async fn accept_loop(
                         }
                         continue;
                     };
-                    let dial = dial.clone();
-                    let log = Arc::clone(&log);
-                    connections.spawn(serve(client, peer, dial, config.connect_timeout, log, permit));
+                    let connection = Connection {
+                        client,
+                        peer,
+                        dial: dial.clone(),
+                        pipes: Arc::clone(&pipes),
+                        log: Arc::clone(&log),
+                        connect_timeout: config.connect_timeout,
+                        max_enlarged_pipe_bytes: config.max_enlarged_pipe_bytes,
+                        _permit: permit,
+                    };
+                    connections.spawn(connection.serve());
                 }
                 Err(error) => {
                     // Usually EMFILE or ENFILE: wait instead of spinning.
@@ -141,44 +151,61 @@ async fn accept_loop(
     }
 }
 
-async fn serve(
+/// One accepted client and what relaying it needs.
+struct Connection {
     client: TcpStream,
     peer: SocketAddr,
     dial: NetnsThread,
-    connect_timeout: Duration,
+    pipes: Arc<PipePool>,
     log: Arc<TunnelLog>,
+    connect_timeout: Duration,
+    max_enlarged_pipe_bytes: usize,
     _permit: OwnedSemaphorePermit,
-) {
-    let upstream = match timeout(connect_timeout, dial.tcp_connect(log.target)).await {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(error)) => {
-            if let Some(suppressed) = log.limiter.allow() {
-                tracing::warn!(listen = %log.listen, target = %log.target, %peer, %error, suppressed, "tunnel failed to dial its target");
-            }
-            return;
-        }
-        Err(_) => {
-            if let Some(suppressed) = log.limiter.allow() {
-                tracing::warn!(listen = %log.listen, target = %log.target, %peer, timeout = ?connect_timeout, suppressed, "tunnel dial timed out");
-            }
-            return;
-        }
-    };
+}
 
-    // The relay forwards whatever the ends write at once; Nagle's delay on
-    // top of the clients' own would only add latency.
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-
-    match relay(&client, &upstream).await {
-        Ok((sent, received)) => {
-            if let Some(suppressed) = log.limiter.allow() {
-                tracing::debug!(listen = %log.listen, target = %log.target, %peer, sent, received, suppressed, "tunnel connection closed");
+impl Connection {
+    /// Dials the target and relays until both sides have closed.
+    async fn serve(self) {
+        let Connection {
+            client,
+            peer,
+            dial,
+            pipes,
+            log,
+            connect_timeout,
+            ..
+        } = &self;
+        let upstream = match timeout(*connect_timeout, dial.tcp_connect(log.target)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(error)) => {
+                if let Some(suppressed) = log.limiter.allow() {
+                    tracing::warn!(listen = %log.listen, target = %log.target, %peer, %error, suppressed, "tunnel failed to dial its target");
+                }
+                return;
             }
-        }
-        Err(error) => {
-            if let Some(suppressed) = log.limiter.allow() {
-                tracing::debug!(listen = %log.listen, target = %log.target, %peer, %error, suppressed, "tunnel connection ended with an error");
+            Err(_) => {
+                if let Some(suppressed) = log.limiter.allow() {
+                    tracing::warn!(listen = %log.listen, target = %log.target, %peer, timeout = ?connect_timeout, suppressed, "tunnel dial timed out");
+                }
+                return;
+            }
+        };
+
+        // The relay forwards whatever the ends write at once; Nagle's delay
+        // on top of the clients' own would only add latency.
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+
+        match relay(client, &upstream, pipes, self.max_enlarged_pipe_bytes).await {
+            Ok((sent, received)) => {
+                if let Some(suppressed) = log.limiter.allow() {
+                    tracing::debug!(listen = %log.listen, target = %log.target, %peer, sent, received, suppressed, "tunnel connection closed");
+                }
+            }
+            Err(error) => {
+                if let Some(suppressed) = log.limiter.allow() {
+                    tracing::debug!(listen = %log.listen, target = %log.target, %peer, %error, suppressed, "tunnel connection ended with an error");
+                }
             }
         }
     }
