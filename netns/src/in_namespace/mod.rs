@@ -9,6 +9,7 @@
 //! address is never dialled from the host namespace by mistake.
 
 mod namespace;
+mod socket_pool;
 mod thread;
 
 pub use namespace::{NetNs, NsId};

@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdTcpListener};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -25,6 +25,10 @@ pub fn trials() -> Vec<Trial> {
         trial("bridge_ipv6_containers_echo", ipv6_containers_echo),
         trial("netns_from_fd_rejects_file", from_fd_rejects_file),
         trial("netns_thread_binds_in_sandbox", thread_binds_in_sandbox),
+        trial(
+            "netns_thread_dials_from_its_namespace",
+            thread_dials_from_its_namespace,
+        ),
     ]
 }
 
@@ -169,4 +173,48 @@ fn thread_binds_in_sandbox() -> Result<()> {
     assert_eq!(listener.local_addr()?.ip(), sandbox.gateway());
     assert_ne!(sandbox.netns().id(), NetNs::of_process()?.id());
     Ok(())
+}
+
+/// Dials 127.0.0.1 in a container namespace more times than the socket pool
+/// holds, so pooled, refilled and directly created sockets are all used. A
+/// socket created in the host namespace would reach the host's loopback,
+/// where a second listener on the same port counts it.
+fn thread_dials_from_its_namespace() -> Result<()> {
+    let sandbox = Sandbox::create(SandboxConfig::default())?;
+    let container = Container::attach(&sandbox, "dialer")?;
+    let listener = container
+        .sockets
+        .tcp_listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
+    let addr = listener.local_addr()?;
+    let host_listener = StdTcpListener::bind(addr)
+        .with_context(|| format!("failed to bind {addr} in the host namespace"))?;
+    host_listener.set_nonblocking(true)?;
+
+    runtime().block_on(async {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener)?;
+        for i in 0..50 {
+            let server = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await?;
+                stream.write_all(b"container").await?;
+                Ok::<_, anyhow::Error>(listener)
+            });
+            let mut stream = timeout(WAIT, container.sockets.tcp_connect(addr))
+                .await
+                .with_context(|| format!("dial {i} timed out"))??;
+            let mut reply = Vec::new();
+            timeout(WAIT, stream.read_to_end(&mut reply)).await??;
+            ensure!(reply == b"container", "dial {i} got {reply:?}");
+            listener = timeout(WAIT, server).await???;
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+
+    match host_listener.accept() {
+        Err(error) if error.kind() == ErrorKind::WouldBlock => Ok(()),
+        Err(error) => bail!("accept on the host listener failed: {error}"),
+        Ok((_, peer)) => {
+            bail!("a dial from the container namespace reached the host namespace from {peer}")
+        }
+    }
 }
