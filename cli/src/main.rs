@@ -32,6 +32,14 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(filter: &str) {
+    // netlink-packet-route warns on every link dump when the kernel is newer than its tables
+    // (extra bytes in IFLA_INET6_CONF); that says nothing to a mayfly user.
+    let filter = if filter.contains("netlink_packet_route") {
+        filter.to_owned()
+    } else {
+        format!("{filter},netlink_packet_route=error")
+    };
+    let filter = filter.as_str();
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|error| {
         eprintln!("mayfly: invalid log filter {filter:?} ({error}); using \"warn\"");
         tracing_subscriber::EnvFilter::new("warn")

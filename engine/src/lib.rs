@@ -4,6 +4,7 @@ pub mod config;
 pub mod container;
 pub mod definition;
 pub mod images;
+pub mod network;
 pub mod runtime;
 pub mod session;
 pub mod state;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::container::builder::Container;
 use crate::container::exec::ExecOutcome;
 use crate::images::{Images, ImagesError};
+use crate::network::{Network, NetworkError};
 
 /// The engine, as one front-end session sees it.
 pub struct Engine {
@@ -25,6 +26,8 @@ pub struct Engine {
     /// Outcomes of exec steps, by the digest of the definition that ends with the step.
     pub(crate) execs: Mutex<HashMap<Digest, Arc<ExecOutcome>>>,
     pub(crate) progress: Box<dyn mayfly_image::pull::ProgressSink + Send + Sync>,
+    /// The sandbox and DNS responder, made when the first container needs them.
+    network: tokio::sync::OnceCell<Network>,
 }
 
 impl Engine {
@@ -41,6 +44,7 @@ impl Engine {
             images,
             execs: Mutex::default(),
             progress: Box::new(NoProgress),
+            network: tokio::sync::OnceCell::new(),
         }))
     }
 
@@ -59,6 +63,13 @@ impl Engine {
 
     pub fn images(&self) -> &Images {
         &self.images
+    }
+
+    /// The session's network, created on first use.
+    pub async fn network(&self) -> Result<&Network, NetworkError> {
+        self.network
+            .get_or_try_init(|| async { Network::create(&self.config) })
+            .await
     }
 
     /// Directory of the content-addressed layers that hold new files.

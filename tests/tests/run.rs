@@ -422,3 +422,25 @@ fn run_missing_image_is_pulled() {
         "pulled on demand\n"
     );
 }
+
+#[test]
+fn run_joins_network_sandbox() {
+    let Some(home) = ready() else { return };
+    let script = "cat /etc/resolv.conf; \
+                  busybox nslookup web1 | grep -A1 '^Name:'; \
+                  echo x | nc -w 2 127.0.0.1 5000 && echo reached-host-loopback; \
+                  echo x | nc -w 2 10.89.0.1 5000 && echo reached-gateway-port; \
+                  echo done";
+    let output = home.run_ok(&["run", "--hostname", "web1", "busybox", "sh", "-c", script]);
+    assert!(output.contains("nameserver 10.89.0.1"), "{output}");
+    assert!(output.contains("search mayfly.internal"), "{output}");
+    assert!(
+        output.contains("Name:\tweb1.mayfly.internal"),
+        "the DNS responder answers the container's own name: {output}"
+    );
+    assert!(output.contains("Address: 10.89.0."), "{output}");
+    // The registry listens on the host's 127.0.0.1:5000; the container must not reach it.
+    assert!(!output.contains("reached-host-loopback"), "{output}");
+    assert!(!output.contains("reached-gateway-port"), "{output}");
+    assert!(output.ends_with("done\n"), "{output}");
+}

@@ -3,14 +3,13 @@
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mayfly_engine::images::Images;
 use mayfly_image::reference::Reference;
 
-use super::Engine;
 use crate::args::{ImagesArgs, RmiArgs};
+use mayfly_engine::Engine;
 
 pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<ExitCode> {
-    let images = Images::open(&engine.config.data_dir)?;
+    let images = engine.images();
     let mut records = images.list()?;
     records.sort_by_key(|record| record.reference.to_string());
 
@@ -42,7 +41,7 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<ExitCode> {
-    let images = Images::open(&engine.config.data_dir)?;
+    let images = engine.images();
     let mut failed = false;
     for text in &args.references {
         let result = Reference::parse(text)
@@ -64,7 +63,7 @@ pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn prune(engine: &Engine) -> anyhow::Result<ExitCode> {
-    let images = Images::open(&engine.config.data_dir)?;
+    let images = engine.images();
     let (report, layers) = images.prune()?;
     println!(
         "Removed {} blobs ({}) and {} unpacked layers.",

@@ -9,16 +9,11 @@ mod system;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mayfly_engine::bootstrap::{self, Bootstrap, BootstrapOptions};
+use mayfly_engine::bootstrap::{self, BootstrapOptions};
 use mayfly_engine::config::{self, Config};
+use mayfly_engine::Engine;
 
 use crate::args::{Cli, Command, SystemCommand};
-
-/// Everything a command may need once the engine runs.
-pub struct Engine {
-    pub config: Config,
-    pub bootstrap: Bootstrap,
-}
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if !cli.command.needs_engine() {
@@ -41,12 +36,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     for warning in bootstrap.warnings() {
         eprintln!("mayfly: warning: {warning}");
     }
-    let engine = Engine { config, bootstrap };
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("failed to start the async runtime")?;
+    let engine = Engine::new(config, bootstrap)?;
     runtime.block_on(async move {
         match cli.command {
             Command::Pull(args) => pull::pull(&engine, args).await,

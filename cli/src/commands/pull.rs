@@ -3,18 +3,17 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mayfly_engine::images::Images;
 use mayfly_image::platform::Platform;
 use mayfly_image::reference::Reference;
 
-use super::Engine;
 use crate::args::PullArgs;
 use crate::progress::PullProgress;
+use mayfly_engine::Engine;
 
 pub async fn pull(engine: &Engine, args: PullArgs) -> anyhow::Result<ExitCode> {
     let reference = Reference::parse(&args.reference)?;
     let platform = parse_platform(args.platform.as_deref())?;
-    let images = Images::open(&engine.config.data_dir)?;
+    let images = engine.images();
 
     let progress = PullProgress::new(args.quiet);
     let image = images.pull(&reference, platform, &progress).await?;

@@ -8,25 +8,28 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mayfly_engine::container::{self, ProcessRequest};
 use mayfly_engine::definition::{Change, Definition};
-use mayfly_engine::images::Images;
+use mayfly_engine::network;
 use mayfly_engine::runtime::{self, ContainerProcess, ProcessHandle, Stdio};
 use mayfly_image::reference::Reference;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::pull::parse_platform;
-use super::Engine;
 use crate::args::RunArgs;
 use crate::progress::PullProgress;
+use mayfly_engine::Engine;
 
 mod terminal;
 
 pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Listen for signals before the container exists: a SIGTERM that arrives between its
+    // start and the forwarder would otherwise end mayfly, and the container with it.
+    let signals = Signals::listen()?;
     let reference = Reference::parse(&args.image)?;
     let platform = parse_platform(args.platform.as_deref())?;
     let definition = definition_from_args(&args)?;
 
-    let images = Images::open(&engine.config.data_dir)?;
+    let images = engine.images();
     let image = images
         .ensure(&reference, platform, &PullProgress::new(false))
         .await?;
@@ -39,6 +42,7 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let request = ProcessRequest {
         args: (!args.command.is_empty()).then(|| args.command.clone()),
+        resolv_conf: Some(network::resolv_conf(engine.config())?),
         tty: args.tty,
         no_init: args.no_init,
         hostname: args.hostname.clone(),
@@ -51,15 +55,25 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         stderr: Stdio::Inherit,
     };
     let spec = container::prepare(
-        &engine.bootstrap,
-        &engine.config.data_dir.join("files"),
+        engine.bootstrap(),
+        &engine.files_dir(),
         &definition,
         &image,
         &[],
         request,
     )?;
 
-    let mut process = runtime::spawn(&spec)?;
+    // The container's init and the network sandbox start at the same time; the container
+    // waits, before its command runs, until its veth pair is attached.
+    let hostname = spec.oci.hostname().clone().unwrap_or_default();
+    let spawning = tokio::task::spawn_blocking(move || runtime::spawn(&spec));
+    let network = engine.network().await;
+    let process = spawning
+        .await
+        .context("the container spawn task panicked")??;
+    let network = network?;
+    let link = network.attach(process.pid(), &hostname)?;
+    let mut process = process;
     let process = tokio::task::spawn_blocking(move || -> anyhow::Result<ContainerProcess> {
         process.start()?;
         Ok(process)
@@ -67,7 +81,8 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("the container start task panicked")??;
 
-    let status = supervise(process, args.tty, engine.config.stop_timeout).await?;
+    let status = supervise(process, signals, args.tty, engine.config().stop_timeout).await?;
+    link.leave_to_session_end();
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
 }
 
@@ -75,6 +90,7 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
 /// container still running `stop_timeout` after SIGINT or SIGTERM is killed.
 async fn supervise(
     mut process: ContainerProcess,
+    signals: Signals,
     tty: bool,
     stop_timeout: Duration,
 ) -> anyhow::Result<i32> {
@@ -84,7 +100,7 @@ async fn supervise(
         _ => None,
     };
 
-    let forwarder = tokio::spawn(forward_signals(handle, stop_timeout));
+    let forwarder = tokio::spawn(forward_signals(signals, handle, stop_timeout));
     let status = process.wait().await;
     forwarder.abort();
     drop(terminal);
@@ -96,17 +112,37 @@ async fn supervise(
     Ok(status.code())
 }
 
-async fn forward_signals(handle: ProcessHandle, stop_timeout: Duration) -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut quit = signal(SignalKind::quit())?;
+/// The signals mayfly passes on to the container.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> anyhow::Result<Self> {
+        let listen = |kind| signal(kind).context("failed to install a signal handler");
+        Ok(Self {
+            interrupt: listen(SignalKind::interrupt())?,
+            terminate: listen(SignalKind::terminate())?,
+            hangup: listen(SignalKind::hangup())?,
+            quit: listen(SignalKind::quit())?,
+        })
+    }
+}
+
+async fn forward_signals(
+    mut signals: Signals,
+    handle: ProcessHandle,
+    stop_timeout: Duration,
+) -> anyhow::Result<()> {
     loop {
         let received = tokio::select! {
-            _ = interrupt.recv() => Signal::SIGINT,
-            _ = terminate.recv() => Signal::SIGTERM,
-            _ = hangup.recv() => Signal::SIGHUP,
-            _ = quit.recv() => Signal::SIGQUIT,
+            _ = signals.interrupt.recv() => Signal::SIGINT,
+            _ = signals.terminate.recv() => Signal::SIGTERM,
+            _ = signals.hangup.recv() => Signal::SIGHUP,
+            _ = signals.quit.recv() => Signal::SIGQUIT,
         };
         tracing::info!(signal = %received, "forwarding a signal to the container");
         if let Err(error) = handle.signal(received) {

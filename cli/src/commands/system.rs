@@ -6,13 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use mayfly_engine::state::remove_tree;
 
-use super::Engine;
 use crate::args::ResetArgs;
+use mayfly_engine::Engine;
 
 /// Deletes the data directory. This runs inside the engine's user namespace, where files owned
 /// by subordinate IDs can be removed.
 pub fn reset(engine: &Engine, args: ResetArgs) -> anyhow::Result<ExitCode> {
-    let data_dir = &engine.config.data_dir;
+    let data_dir = &engine.config().data_dir;
     if !args.force {
         if !std::io::stdin().is_terminal() {
             anyhow::bail!(

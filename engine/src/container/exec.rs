@@ -23,6 +23,8 @@ pub enum ExecError {
     #[error(transparent)]
     Images(#[from] crate::images::ImagesError),
     #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
     Definition(#[from] crate::definition::DefinitionError),
     #[error("invalid image reference {reference:?}")]
     Reference {
@@ -96,9 +98,11 @@ pub(crate) async fn run_exec(
     };
     effective_image.warnings = Default::default();
 
+    let network = engine.network().await?;
     let request = ProcessRequest {
         args: Some(args.clone()),
         no_init,
+        resolv_conf: Some(network.resolv_conf()),
         stdin: if stdin.is_some() {
             Stdio::Piped
         } else {
@@ -125,6 +129,8 @@ pub(crate) async fn run_exec(
 
     tracing::info!(command = ?args, "running exec step");
     let mut process = runtime::spawn(&spec)?;
+    let hostname = spec.oci.hostname().clone().unwrap_or_default();
+    let link = network.attach(process.pid(), &hostname)?;
     let stdin_pipe = process.take_stdin();
     let stdout_pipe = process.take_stdout();
     let stderr_pipe = process.take_stderr();
@@ -141,6 +147,7 @@ pub(crate) async fn run_exec(
     let stdout_reader = std::thread::spawn(move || read_all(stdout_pipe));
     let stderr_reader = std::thread::spawn(move || read_all(stderr_pipe));
     let status = process.wait().await?;
+    drop(link);
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }

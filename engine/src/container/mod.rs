@@ -59,6 +59,8 @@ pub struct ProcessRequest {
     pub tty: bool,
     pub no_init: bool,
     pub hostname: Option<String>,
+    /// Content of `/etc/resolv.conf`; `None` keeps the image's file.
+    pub resolv_conf: Option<String>,
     pub stdin: Stdio,
     pub stdout: Stdio,
     pub stderr: Stdio,
@@ -139,7 +141,7 @@ pub fn prepare(
         stderr: request.stderr,
         no_init: request.no_init,
         hosts: Some(hosts_file(&hostname)),
-        resolv_conf: None,
+        resolv_conf: request.resolv_conf,
     })
 }
 

@@ -1,0 +1,190 @@
+//! The session's network: one sandbox namespace with the bridge and the DNS responder, made
+//! when the first container starts, and one veth attachment per container.
+
+use std::net::{IpAddr, SocketAddr};
+
+use mayfly_netns::{
+    Attachment, DnsConfig, DnsError, DnsServer, NetNs, NetnsError, Sandbox, SandboxConfig,
+    SandboxError,
+};
+
+use crate::config::Config;
+use crate::definition::SERVICE_DOMAIN;
+
+/// Errors from setting up the session's network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(
+        "invalid subnet {subnet:?} in the configuration: expected IPv4 CIDR such as 10.89.0.0/24"
+    )]
+    InvalidSubnet { subnet: String },
+    #[error("invalid upstream DNS server {server:?}: expected IP or IP:PORT")]
+    InvalidUpstream { server: String },
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+    #[error("failed to open the network namespace of container process {pid}")]
+    ContainerNamespace {
+        pid: i32,
+        #[source]
+        source: NetnsError,
+    },
+}
+
+/// The sandbox and its DNS responder; dropping it removes both.
+pub struct Network {
+    // Field order matters: the DNS server's sockets live in the sandbox namespace.
+    dns: DnsServer,
+    sandbox: Sandbox,
+}
+
+impl Network {
+    /// Creates the sandbox namespace, the bridge and the DNS responder on the gateway. Must
+    /// run inside a tokio runtime.
+    pub fn create(config: &Config) -> Result<Self, NetworkError> {
+        let subnet = config
+            .subnet
+            .parse()
+            .map_err(|_| NetworkError::InvalidSubnet {
+                subnet: config.subnet.clone(),
+            })?;
+        let sandbox = Sandbox::create(SandboxConfig {
+            subnet,
+            ..SandboxConfig::default()
+        })?;
+
+        let upstreams = if config.upstream_dns.is_empty() {
+            None
+        } else {
+            Some(
+                config
+                    .upstream_dns
+                    .iter()
+                    .map(|server| parse_upstream(server))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        };
+        let dns = sandbox.start_dns(DnsConfig {
+            domain: SERVICE_DOMAIN.to_owned(),
+            upstreams,
+            ..DnsConfig::default()
+        })?;
+        tracing::info!(gateway = %sandbox.gateway(), subnet = %config.subnet, "network sandbox ready");
+        Ok(Self { dns, sandbox })
+    }
+
+    /// The resolv.conf every container gets: the responder as its only nameserver.
+    pub fn resolv_conf(&self) -> String {
+        resolv_conf_for(self.sandbox.gateway())
+    }
+
+    /// Joins the network namespace of container process `pid` to the bridge and registers
+    /// `hostname` in the DNS responder.
+    pub fn attach(&self, pid: i32, hostname: &str) -> Result<ContainerLink<'_>, NetworkError> {
+        let namespace = NetNs::of_pid(pid as u32)
+            .map_err(|source| NetworkError::ContainerNamespace { pid, source })?;
+        let attachment = self.sandbox.attach(&namespace, hostname)?;
+        let address = IpAddr::V4(attachment.address());
+        self.dns.registry().register(hostname, address)?;
+        tracing::debug!(%hostname, %address, "container attached to the bridge");
+        Ok(ContainerLink {
+            network: self,
+            attachment: Some(attachment),
+            hostname: hostname.to_owned(),
+        })
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    pub fn dns(&self) -> &DnsServer {
+        &self.dns
+    }
+}
+
+/// One container's place on the bridge; dropping it removes the veth pair and its DNS names.
+pub struct ContainerLink<'a> {
+    network: &'a Network,
+    attachment: Option<Attachment>,
+    hostname: String,
+}
+
+/// The resolv.conf of containers on the sandbox `config` describes, known before the sandbox
+/// exists: the gateway is the subnet's first address.
+pub fn resolv_conf(config: &Config) -> Result<String, NetworkError> {
+    let subnet: ipnet::Ipv4Net =
+        config
+            .subnet
+            .parse()
+            .map_err(|_| NetworkError::InvalidSubnet {
+                subnet: config.subnet.clone(),
+            })?;
+    let gateway = subnet
+        .hosts()
+        .next()
+        .ok_or_else(|| NetworkError::InvalidSubnet {
+            subnet: config.subnet.clone(),
+        })?;
+    Ok(resolv_conf_for(gateway))
+}
+
+fn resolv_conf_for(gateway: std::net::Ipv4Addr) -> String {
+    format!("nameserver {gateway}\nsearch {SERVICE_DOMAIN}\noptions ndots:1\n")
+}
+
+impl ContainerLink<'_> {
+    /// Unregisters the container's names but leaves its veth pair to the namespace teardown,
+    /// for a session that ends right after its container (see [`Attachment::abandon`]).
+    pub fn leave_to_session_end(mut self) {
+        self.unregister();
+        if let Some(attachment) = self.attachment.take() {
+            attachment.abandon();
+        }
+    }
+
+    fn unregister(&self) {
+        let Some(attachment) = &self.attachment else {
+            return;
+        };
+        let address = IpAddr::V4(attachment.address());
+        let registry = self.network.dns.registry();
+        if let Err(error) = registry.unregister(&self.hostname) {
+            tracing::debug!(hostname = %self.hostname, %error, "failed to unregister a container name");
+        }
+        registry.remove_client(address);
+    }
+
+    pub fn address(&self) -> IpAddr {
+        IpAddr::V4(
+            self.attachment
+                .as_ref()
+                .expect("attachment present until drop")
+                .address(),
+        )
+    }
+}
+
+impl Drop for ContainerLink<'_> {
+    fn drop(&mut self) {
+        self.unregister();
+        if let Some(attachment) = self.attachment.take() {
+            if let Err(error) = attachment.detach() {
+                tracing::warn!(hostname = %self.hostname, %error, "failed to remove a container's veth pair");
+            }
+        }
+    }
+}
+
+fn parse_upstream(server: &str) -> Result<SocketAddr, NetworkError> {
+    if let Ok(address) = server.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    server
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| NetworkError::InvalidUpstream {
+            server: server.to_owned(),
+        })
+}
