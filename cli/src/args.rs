@@ -35,6 +35,13 @@ pub enum Command {
     System(SystemCommand),
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkMode {
+    Auto,
+    Sandbox,
+    None,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
     /// Delete every image, layer and blob in the local store.
@@ -130,6 +137,11 @@ pub struct RunArgs {
     /// Platform to pull when the image is missing, as OS/ARCH[/VARIANT].
     #[arg(long)]
     pub platform: Option<String>,
+    /// Network: `sandbox` joins the bridge with its DNS responder; `none` keeps loopback only.
+    /// `auto` joins the bridge when the container publishes ports or reaches services, which
+    /// a plain run does not.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
+    pub network: NetworkMode,
     /// Container hostname (default: a name derived from the container).
     #[arg(long)]
     pub hostname: Option<String>,

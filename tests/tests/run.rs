@@ -92,6 +92,10 @@ fn run_namespaces_and_mounts() {
 
     let network = home.run_ok(&["run", "busybox", "cat", "/proc/net/dev"]);
     assert!(network.contains("lo:"));
+    assert!(
+        !network.contains("eth0:"),
+        "a plain run keeps loopback only: {network}"
+    );
 }
 
 #[test]
@@ -431,7 +435,17 @@ fn run_joins_network_sandbox() {
                   echo x | nc -w 2 127.0.0.1 5000 && echo reached-host-loopback; \
                   echo x | nc -w 2 10.89.0.1 5000 && echo reached-gateway-port; \
                   echo done";
-    let output = home.run_ok(&["run", "--hostname", "web1", "busybox", "sh", "-c", script]);
+    let output = home.run_ok(&[
+        "run",
+        "--network",
+        "sandbox",
+        "--hostname",
+        "web1",
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ]);
     assert!(output.contains("nameserver 10.89.0.1"), "{output}");
     assert!(output.contains("search mayfly.internal"), "{output}");
     assert!(

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::pull::parse_platform;
-use crate::args::RunArgs;
+use crate::args::{NetworkMode, RunArgs};
 use crate::progress::PullProgress;
 use mayfly_engine::Engine;
 
@@ -40,9 +40,15 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    // TODO: `auto` joins the bridge once published ports and service bindings exist; until
+    // then nothing a plain run can reach is on it, and joining costs a veth pair per run.
+    let joins_sandbox = args.network == NetworkMode::Sandbox;
     let request = ProcessRequest {
         args: (!args.command.is_empty()).then(|| args.command.clone()),
-        resolv_conf: Some(network::resolv_conf(engine.config())?),
+        resolv_conf: match joins_sandbox {
+            true => Some(network::resolv_conf(engine.config())?),
+            false => None,
+        },
         tty: args.tty,
         no_init: args.no_init,
         hostname: args.hostname.clone(),
@@ -67,13 +73,17 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
     // waits, before its command runs, until its veth pair is attached.
     let hostname = spec.oci.hostname().clone().unwrap_or_default();
     let spawning = tokio::task::spawn_blocking(move || runtime::spawn(&spec));
-    let network = engine.network().await;
-    let process = spawning
+    let network = match joins_sandbox {
+        true => Some(engine.network().await),
+        false => None,
+    };
+    let mut process = spawning
         .await
         .context("the container spawn task panicked")??;
-    let network = network?;
-    let link = network.attach(process.pid(), &hostname)?;
-    let mut process = process;
+    let link = match network {
+        Some(network) => Some(network?.attach(process.pid(), &hostname)?),
+        None => None,
+    };
     let process = tokio::task::spawn_blocking(move || -> anyhow::Result<ContainerProcess> {
         process.start()?;
         Ok(process)
@@ -82,7 +92,9 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
     .context("the container start task panicked")??;
 
     let status = supervise(process, signals, args.tty, engine.config().stop_timeout).await?;
-    link.leave_to_session_end();
+    if let Some(link) = link {
+        link.leave_to_session_end();
+    }
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
 }
 

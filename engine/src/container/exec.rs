@@ -98,11 +98,11 @@ pub(crate) async fn run_exec(
     };
     effective_image.warnings = Default::default();
 
-    let network = engine.network().await?;
+    // TODO: exec steps join the network sandbox once services can be bound to them; until
+    // then they run with loopback only, like `mayfly run --network none`.
     let request = ProcessRequest {
         args: Some(args.clone()),
         no_init,
-        resolv_conf: Some(network.resolv_conf()),
         stdin: if stdin.is_some() {
             Stdio::Piped
         } else {
@@ -129,8 +129,6 @@ pub(crate) async fn run_exec(
 
     tracing::info!(command = ?args, "running exec step");
     let mut process = runtime::spawn(&spec)?;
-    let hostname = spec.oci.hostname().clone().unwrap_or_default();
-    let link = network.attach(process.pid(), &hostname)?;
     let stdin_pipe = process.take_stdin();
     let stdout_pipe = process.take_stdout();
     let stderr_pipe = process.take_stderr();
@@ -147,7 +145,6 @@ pub(crate) async fn run_exec(
     let stdout_reader = std::thread::spawn(move || read_all(stdout_pipe));
     let stderr_reader = std::thread::spawn(move || read_all(stderr_pipe));
     let status = process.wait().await?;
-    drop(link);
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }
