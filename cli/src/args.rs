@@ -113,11 +113,11 @@ pub struct RunArgs {
     /// User to run as: NAME, UID, NAME:GROUP or UID:GID, resolved in the image's /etc/passwd.
     #[arg(long, short = 'u')]
     pub user: Option<String>,
-    /// Bind-mount a host path, as HOSTPATH:PATH or HOSTPATH:PATH:ro.
-    #[arg(long = "volume", short = 'v', value_name = "HOSTPATH:PATH[:ro]")]
+    /// Bind-mount a host path, as HOSTPATH:PATH, HOSTPATH:PATH:ro or HOSTPATH:PATH:rw.
+    #[arg(long = "volume", short = 'v', value_name = "HOSTPATH:PATH[:ro|:rw]")]
     pub volumes: Vec<String>,
-    /// Mount an empty tmpfs at PATH.
-    #[arg(long, value_name = "PATH")]
+    /// Mount an empty tmpfs at PATH, with mount options such as size=64m,mode=1777.
+    #[arg(long, value_name = "PATH[:OPTIONS]")]
     pub tmpfs: Vec<String>,
     /// Replace the image's entrypoint.
     #[arg(long)]
@@ -145,9 +145,24 @@ pub struct RunArgs {
     /// Container hostname (default: a name derived from the container).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Image reference.
-    pub image: String,
-    /// Command and arguments (default: the image's Cmd).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
+    /// The image, then the command and its arguments (default: the image's Cmd). Everything
+    /// after the image belongs to the container, options included, as with `docker run`.
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG...]]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub image_and_command: Vec<String>,
+}
+
+impl RunArgs {
+    pub fn image(&self) -> &str {
+        &self.image_and_command[0]
+    }
+
+    pub fn command(&self) -> &[String] {
+        &self.image_and_command[1..]
+    }
 }

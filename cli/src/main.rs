@@ -25,10 +25,24 @@ fn main() -> ExitCode {
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("mayfly: {error:#}");
+            eprintln!("mayfly: {}", describe(&error));
             ExitCode::from(ENGINE_FAILURE)
         }
     }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text the message already
+/// contains (several errors quote their source in their own message).
+fn describe(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn init_logging(filter: &str) {
@@ -47,6 +61,7 @@ fn init_logging(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -91,6 +91,9 @@ pub enum Change {
     },
     Tmpfs {
         path: String,
+        /// Mount options such as `size=64m`; empty means the defaults.
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        options: Vec<String>,
     },
     User {
         user: String,

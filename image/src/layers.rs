@@ -44,6 +44,9 @@ static TEMPORARY_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// Errors from the layer store.
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {
+    /// A running container holds the layer (see [`LayerStore::hold`]).
+    #[error("layer {diff_id} is in use by a running container; it is left in place")]
+    InUse { diff_id: Digest },
     #[error("failed to {operation} {path}")]
     Io {
         operation: &'static str,
@@ -77,6 +80,12 @@ pub enum LayerError {
     },
     #[error("failed to remove a layer tree")]
     Remove(#[source] RemoveTreeError),
+}
+
+/// A running container's claim on an unpacked layer; see [`LayerStore::hold`].
+#[derive(Debug)]
+pub struct LayerHold {
+    _lock: Flock<File>,
 }
 
 /// Unpacked layers under one root directory, safe to share between concurrent processes.
@@ -234,6 +243,17 @@ impl LayerStore {
     /// no running container uses the layer.
     pub fn remove(&self, diff_id: &Digest) -> Result<bool, LayerError> {
         let _lock = self.lock(diff_id, FlockArg::LockExclusive)?;
+        let _unused = match self.use_lock(diff_id, FlockArg::LockExclusiveNonblock) {
+            Err(LayerError::Lock {
+                source: Errno::EWOULDBLOCK,
+                ..
+            }) => {
+                return Err(LayerError::InUse {
+                    diff_id: diff_id.clone(),
+                })
+            }
+            other => other?,
+        };
         let directory = self.root.join(diff_id.hex());
         let doomed = self.new_temporary(diff_id);
 
@@ -281,8 +301,30 @@ impl LayerStore {
             .map_err(|source| io_error("write", &path, source))
     }
 
+    /// Marks the layer as used until the returned guard is dropped: [`LayerStore::remove`]
+    /// then fails with [`LayerError::InUse`] instead of deleting a running container's files.
+    /// This is a lock of its own, so that holding it never delays unpacking other layers.
+    pub fn hold(&self, diff_id: &Digest) -> Result<LayerHold, LayerError> {
+        self.use_lock(diff_id, FlockArg::LockShared)
+            .map(|lock| LayerHold { _lock: lock })
+    }
+
+    fn use_lock(&self, diff_id: &Digest, mode: FlockArg) -> Result<Flock<File>, LayerError> {
+        self.lock_file(
+            &self.locks_dir().join(format!("{}.use", diff_id.hex())),
+            mode,
+        )
+    }
+
     fn lock(&self, diff_id: &Digest, mode: FlockArg) -> Result<Flock<File>, LayerError> {
-        let path = self.locks_dir().join(format!("{}.lock", diff_id.hex()));
+        self.lock_file(
+            &self.locks_dir().join(format!("{}.lock", diff_id.hex())),
+            mode,
+        )
+    }
+
+    fn lock_file(&self, path: &Path, mode: FlockArg) -> Result<Flock<File>, LayerError> {
+        let path = path.to_owned();
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)

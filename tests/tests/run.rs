@@ -458,3 +458,53 @@ fn run_joins_network_sandbox() {
     assert!(!output.contains("reached-gateway-port"), "{output}");
     assert!(output.ends_with("done\n"), "{output}");
 }
+
+#[test]
+fn run_passes_options_after_image() {
+    let Some(home) = ready() else { return };
+    let echoed = home.run_ok(&["run", "busybox", "echo", "-u", "nobody", "-e", "X"]);
+    assert_eq!(echoed, "-u nobody -e X\n");
+    let entrypoint = home.run_ok(&["run", "--entrypoint", "id", "busybox", "-u", "nobody"]);
+    assert_eq!(entrypoint.trim(), "65534");
+
+    let tty = home.run(&["run", "-t", "busybox", "true"]);
+    assert!(
+        !tty.status.success(),
+        "-t without a terminal must be refused"
+    );
+    assert!(String::from_utf8_lossy(&tty.stderr).contains("terminal"));
+}
+
+#[test]
+fn prune_keeps_layers_in_use() {
+    let Some(home) = ready() else { return };
+    let mut child = home
+        .mayfly()
+        .args([
+            "run",
+            "busybox",
+            "sh",
+            "-c",
+            "echo ready; sleep 2; ls /bin/sh",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    wait_for_line(&mut stdout, "ready");
+
+    home.run_ok(&["rmi", "busybox"]);
+    let pruned = home.run_ok(&["prune"]);
+    assert!(pruned.contains("Kept 1 unreferenced layers"), "{pruned}");
+
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(
+        rest, "/bin/sh\n",
+        "the running container still sees its files"
+    );
+    assert!(child.wait().unwrap().success());
+
+    let after = home.run_ok(&["prune"]);
+    assert!(after.contains("and 1 unpacked layers"), "{after}");
+}

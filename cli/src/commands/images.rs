@@ -50,7 +50,7 @@ pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<ExitCode> {
         match result {
             Ok(record) => println!("Untagged: {}", record.reference),
             Err(error) => {
-                eprintln!("mayfly: {error:#}");
+                eprintln!("mayfly: {error}");
                 failed = true;
             }
         }
@@ -64,13 +64,19 @@ pub fn rmi(engine: &Engine, args: RmiArgs) -> anyhow::Result<ExitCode> {
 
 pub fn prune(engine: &Engine) -> anyhow::Result<ExitCode> {
     let images = engine.images();
-    let (report, layers) = images.prune()?;
+    let summary = images.prune()?;
     println!(
         "Removed {} blobs ({}) and {} unpacked layers.",
-        report.removed_blobs.len(),
-        human_bytes(report.freed_bytes),
-        layers
+        summary.blobs.removed_blobs.len(),
+        human_bytes(summary.blobs.freed_bytes),
+        summary.removed_layers
     );
+    if summary.layers_in_use > 0 {
+        println!(
+            "Kept {} unreferenced layers that running containers use.",
+            summary.layers_in_use
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

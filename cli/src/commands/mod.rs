@@ -32,10 +32,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
     // The configuration is read before the bootstrap, while the real uid is still visible.
     let config = Config::load()?;
+    // The bootstrap logs each of its warnings once, so they are not printed again here.
     let bootstrap = bootstrap::enter(&bootstrap_options(&config))?;
-    for warning in bootstrap.warnings() {
-        eprintln!("mayfly: warning: {warning}");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,6 +1,7 @@
 //! `mayfly run`: pull the image when missing, start the container with the caller's standard
 //! streams, forward signals, and exit with the container's status.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,10 +23,13 @@ use mayfly_engine::Engine;
 mod terminal;
 
 pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.tty && !std::io::stdin().is_terminal() {
+        bail!("-t needs a terminal, but standard input is not one: drop -t (keep -i to pass standard input)");
+    }
     // Listen for signals before the container exists: a SIGTERM that arrives between its
     // start and the forwarder would otherwise end mayfly, and the container with it.
     let signals = Signals::listen()?;
-    let reference = Reference::parse(&args.image)?;
+    let reference = Reference::parse(args.image())?;
     let platform = parse_platform(args.platform.as_deref())?;
     let definition = definition_from_args(&args)?;
 
@@ -44,7 +48,7 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
     // then nothing a plain run can reach is on it, and joining costs a veth pair per run.
     let joins_sandbox = args.network == NetworkMode::Sandbox;
     let request = ProcessRequest {
-        args: (!args.command.is_empty()).then(|| args.command.clone()),
+        args: (!args.command().is_empty()).then(|| args.command().to_vec()),
         resolv_conf: match joins_sandbox {
             true => Some(network::resolv_conf(engine.config())?),
             false => None,
@@ -60,6 +64,8 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         stdout: Stdio::Inherit,
         stderr: Stdio::Inherit,
     };
+    // Held until the container ends, so that a prune elsewhere keeps its layers.
+    let _layers_in_use = images.hold(&image)?;
     let spec = container::prepare(
         engine.bootstrap(),
         &engine.files_dir(),
@@ -173,7 +179,7 @@ async fn forward_signals(
 
 /// Turns the run flags into definition changes, in the order Docker applies them.
 fn definition_from_args(args: &RunArgs) -> anyhow::Result<Definition> {
-    let mut definition = Definition::from_reference(&args.image);
+    let mut definition = Definition::from_reference(args.image());
     definition.base.platform = args.platform.clone();
 
     if let Some(workdir) = &args.workdir {
@@ -212,11 +218,20 @@ fn definition_from_args(args: &RunArgs) -> anyhow::Result<Definition> {
     for volume in &args.volumes {
         definition = definition.with(parse_volume(volume)?);
     }
-    for path in &args.tmpfs {
+    for tmpfs in &args.tmpfs {
+        let (path, options) = tmpfs.split_once(':').unwrap_or((tmpfs, ""));
         if !path.starts_with('/') {
-            bail!("invalid --tmpfs {path:?}: the mount point must be an absolute path");
+            bail!("invalid --tmpfs {tmpfs:?}: the mount point must be an absolute path");
         }
-        definition = definition.with(Change::Tmpfs { path: path.clone() });
+        let options = options
+            .split(',')
+            .filter(|option| !option.is_empty())
+            .map(str::to_owned)
+            .collect();
+        definition = definition.with(Change::Tmpfs {
+            path: path.to_owned(),
+            options,
+        });
     }
     for file in &args.new_files {
         let Some((path, contents)) = file.split_once('=') else {

@@ -121,6 +121,7 @@ impl Container {
     pub fn with_mounted_tmpfs(&self, path: &str) -> Self {
         self.with(Change::Tmpfs {
             path: path.to_owned(),
+            options: Vec::new(),
         })
     }
 

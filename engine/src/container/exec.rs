@@ -118,6 +118,7 @@ pub(crate) async fn run_exec(
     without_entrypoint
         .changes
         .push(crate::definition::Change::Entrypoint { args: Vec::new() });
+    let _layers_in_use = engine.images().hold(image)?;
     let spec = prepare(
         engine.bootstrap(),
         &engine.files_dir(),

@@ -171,16 +171,22 @@ fn mounts(requests: &[MountRequest]) -> Result<Vec<oci_spec::runtime::Mount>, Co
                     .options(options)
                     .build()?
             }
-            MountRequest::Tmpfs { destination } => MountBuilder::default()
-                .destination(destination)
-                .typ("tmpfs")
-                .source("tmpfs")
-                .options(vec![
-                    "nosuid".to_owned(),
-                    "nodev".to_owned(),
-                    "mode=1777".to_owned(),
-                ])
-                .build()?,
+            MountRequest::Tmpfs {
+                destination,
+                options,
+            } => {
+                let mut all = vec!["nosuid".to_owned(), "nodev".to_owned()];
+                if !options.iter().any(|option| option.starts_with("mode=")) {
+                    all.push("mode=1777".to_owned());
+                }
+                all.extend(options.iter().cloned());
+                MountBuilder::default()
+                    .destination(destination)
+                    .typ("tmpfs")
+                    .source("tmpfs")
+                    .options(all)
+                    .build()?
+            }
         };
         mounts.push(mount);
     }

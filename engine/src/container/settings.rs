@@ -19,6 +19,7 @@ pub enum MountRequest {
     },
     Tmpfs {
         destination: String,
+        options: Vec<String>,
     },
 }
 
@@ -104,9 +105,12 @@ impl Settings {
                     read_only: *read_only,
                 });
             }
-            Change::Tmpfs { path } => {
+            Change::Tmpfs { path, options } => {
                 let destination = self.absolute(path)?;
-                self.mounts.push(MountRequest::Tmpfs { destination });
+                self.mounts.push(MountRequest::Tmpfs {
+                    destination,
+                    options: options.clone(),
+                });
             }
             Change::User { user } => self.user = user.clone(),
             Change::Entrypoint { args } => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use mayfly_image::client::RegistryClient;
 use mayfly_image::digest::Digest;
-use mayfly_image::layers::{LayerError, LayerStore};
+use mayfly_image::layers::{LayerError, LayerHold, LayerStore};
 use mayfly_image::manifest::{ImageConfig, ManifestError};
 use mayfly_image::platform::Platform;
 use mayfly_image::pull::{self, ProgressSink, PullError, PullOptions};
@@ -47,7 +47,7 @@ pub enum ImagesError {
         layer: Digest,
         media_type: String,
     },
-    #[error("image {reference} is not in the local store; pull it with `mayfly pull {reference}`")]
+    #[error("image {reference} is not in the local store (`mayfly images` lists what is)")]
     NotFound { reference: String },
     #[error("failed to unpack layer {layer} of {reference}: the unpacking thread panicked")]
     UnpackPanicked { reference: String, layer: Digest },
@@ -64,6 +64,14 @@ pub struct LocalImage {
     pub warnings: UnpackWarnings,
     /// Blobs this call downloaded (empty when the image was already present).
     pub downloaded: Vec<Digest>,
+}
+
+/// What a prune removed and what it left because it is in use.
+#[derive(Debug, Default)]
+pub struct PruneSummary {
+    pub blobs: PruneReport,
+    pub removed_layers: usize,
+    pub layers_in_use: usize,
 }
 
 /// The content store, the unpacked-layer store and a registry client.
@@ -223,21 +231,37 @@ impl Images {
             })
     }
 
-    /// Removes blobs and unpacked layers that no image refers to.
-    pub fn prune(&self) -> Result<(PruneReport, usize), ImagesError> {
-        let mut removed_layers = 0;
+    /// Marks every layer of `image` as in use until the guards are dropped, so that a prune
+    /// in another process leaves a running container's files alone.
+    pub fn hold(&self, image: &LocalImage) -> Result<Vec<LayerHold>, ImagesError> {
+        image
+            .record
+            .diff_ids
+            .iter()
+            .map(|diff_id| self.layers.hold(diff_id).map_err(ImagesError::from))
+            .collect()
+    }
+
+    /// Removes blobs and unpacked layers that no image refers to, except layers a running
+    /// container holds.
+    pub fn prune(&self) -> Result<PruneSummary, ImagesError> {
+        let mut summary = PruneSummary::default();
         let layers = &self.layers;
-        let report = self.store.prune(|reachable| {
+        summary.blobs = self.store.prune(|reachable| {
             let keep: &BTreeSet<Digest> = &reachable.diff_ids;
             for diff_id in layers.list().map_err(std::io::Error::other)? {
-                if !keep.contains(&diff_id)
-                    && layers.remove(&diff_id).map_err(std::io::Error::other)?
-                {
-                    removed_layers += 1;
+                if keep.contains(&diff_id) {
+                    continue;
+                }
+                match layers.remove(&diff_id) {
+                    Ok(true) => summary.removed_layers += 1,
+                    Ok(false) => {}
+                    Err(LayerError::InUse { .. }) => summary.layers_in_use += 1,
+                    Err(error) => return Err(std::io::Error::other(error)),
                 }
             }
             Ok(())
         })?;
-        Ok((report, removed_layers))
+        Ok(summary)
     }
 }

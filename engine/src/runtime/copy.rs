@@ -114,9 +114,17 @@ fn remove_any(path: &Path) -> Result<(), CopyError> {
     }
 }
 
+/// Copies the owner. An owner this user namespace cannot express (layers unpacked with
+/// subordinate IDs, copied under a single-ID map) fails with EINVAL; the copy then keeps the
+/// namespace's root as owner, as the unpacker squashes such owners.
 fn lchown(path: &Path, meta: &std::fs::Metadata) -> Result<(), CopyError> {
-    std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid()))
-        .map_err(fail("failed to change the owner of", path))
+    match std::os::unix::fs::lchown(path, Some(meta.uid()), Some(meta.gid())) {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!(path = %path.display(), uid = meta.uid(), gid = meta.gid(), "owner not mapped here; kept root");
+            Ok(())
+        }
+        other => other.map_err(fail("failed to change the owner of", path)),
+    }
 }
 
 /// Copies owner, then mode (chown clears setuid bits, so the mode goes second).
