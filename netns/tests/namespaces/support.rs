@@ -56,15 +56,25 @@ pub fn fd_counting_trial(name: &str, body: fn() -> Result<()>) -> Trial {
     make_trial(name, true, body)
 }
 
+/// An error that makes a trial report "skipped: <reason>" instead of
+/// failing, for a condition of the machine that the trial cannot change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Skip(pub String);
+
 fn make_trial(name: &str, exclusive: bool, body: fn() -> Result<()>) -> Trial {
     Trial::ignorable_test(name, move || {
         if let Some(reason) = crate::SKIP_REASON.get() {
             return Ok(Completion::ignored_with(format!("skipped: {reason}")));
         }
         let _guard = lock(exclusive);
-        body()
-            .map(|()| Completion::Completed)
-            .map_err(|e| Failed::from(format!("{e:#}")))
+        match body() {
+            Ok(()) => Ok(Completion::Completed),
+            Err(error) => match error.downcast_ref::<Skip>() {
+                Some(Skip(reason)) => Ok(Completion::ignored_with(format!("skipped: {reason}"))),
+                None => Err(Failed::from(format!("{error:#}"))),
+            },
+        }
     })
 }
 

@@ -1,6 +1,7 @@
 //! TCP and UDP tunnels in both directions, through real namespaces.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,13 +10,16 @@ use libtest_mimic::Trial;
 use mayfly_netns::{
     NetnsThread, Sandbox, SandboxConfig, TcpForward, TunnelConfig, TunnelError, UdpForward,
 };
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::pipe2;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::support::{
-    fd_counting_trial, open_fds, runtime, trial, wait_for_fd_baseline, Container,
+    fd_counting_trial, open_fds, runtime, trial, wait_for_fd_baseline, Container, Skip,
 };
 
 pub fn trials() -> Vec<Trial> {
@@ -36,6 +40,7 @@ pub fn trials() -> Vec<Trial> {
             "tunnel_tcp_half_close_large_reply",
             tcp_half_close_large_reply,
         ),
+        fd_counting_trial("tunnel_tcp_past_pipe_page_limit", tcp_past_pipe_page_limit),
         trial("tunnel_tcp_backpressure_bounded", tcp_backpressure_bounded),
         trial(
             "tunnel_tcp_client_abort_closes_server",
@@ -342,6 +347,84 @@ fn tcp_half_close_large_reply() -> Result<()> {
         let stream = TcpStream::connect(forward.local_addr()).await?;
         exchange(stream, &payload).await
     })
+}
+
+/// Size of a pipe created while its user is past `fs.pipe-user-pages-soft`:
+/// two pages.
+const MIN_PIPE_SIZE: i32 = 2 * 4096;
+
+/// Pipes that take this user past `fs.pipe-user-pages-soft` while they
+/// are open. Every process of the user gets two-page pipes in that time.
+struct PipePageHog(#[allow(dead_code)] Vec<(OwnedFd, OwnedFd)>);
+
+/// Enlarges pipes to 1 MiB until `F_SETPIPE_SZ` fails with EPERM, which
+/// leaves less than 1 MiB below the limit, then adds default pipes until
+/// one comes out with two pages.
+fn use_up_pipe_pages() -> Result<PipePageHog> {
+    let mut pipes = Vec::new();
+    // 16384 pages (the default limit) fill 64 pipes of 1 MiB.
+    for _ in 0..256 {
+        let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+        let result = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1024 * 1024));
+        pipes.push((read, write));
+        match result {
+            Ok(_) => continue,
+            Err(Errno::EPERM) => break,
+            Err(errno) => bail!("F_SETPIPE_SZ to 1 MiB failed: {errno}"),
+        }
+    }
+
+    // Each default pipe takes 16 pages, and 1 MiB is 256 pages.
+    for _ in 0..32 {
+        let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+        let size = fcntl(write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)?;
+        pipes.push((read, write));
+        if size == MIN_PIPE_SIZE {
+            return Ok(PipePageHog(pipes));
+        }
+    }
+    Err(Skip(format!(
+        "{} pipes did not reach the pipe page limit; fs.pipe-user-pages-soft is off or this process has CAP_SYS_RESOURCE",
+        pipes.len()
+    ))
+    .into())
+}
+
+/// Relays 4 MiB each way while the user is past its pipe page limit, so the
+/// relay gets two-page pipes, and enlarging them fails with EPERM.
+fn tcp_past_pipe_page_limit() -> Result<()> {
+    let sandbox = Sandbox::create(SandboxConfig::default())?;
+    let container = Container::attach(&sandbox, "page-limit")?;
+    let target = SocketAddr::from((container.address(), 8084));
+    let runtime = runtime();
+    let _guard = runtime.enter();
+    let _server = tcp_echo_server(container.sockets.tcp_listen(target)?)?;
+
+    let baseline = open_fds();
+    let forward = sandbox.publish_tcp(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        target,
+        &TunnelConfig::default(),
+    )?;
+    let payload: Vec<u8> = (0..4 * 1024 * 1024).map(|i: u32| (i % 253) as u8).collect();
+
+    let hog = use_up_pipe_pages()?;
+    let (probe_read, probe_write) = pipe2(OFlag::O_CLOEXEC)?;
+    let probe_size = fcntl(probe_write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ)?;
+    ensure!(
+        probe_size == MIN_PIPE_SIZE,
+        "a new pipe past the page limit has {probe_size} bytes, expected {MIN_PIPE_SIZE}"
+    );
+    drop((probe_read, probe_write));
+    let exchanged = runtime.block_on(async {
+        let stream = TcpStream::connect(forward.local_addr()).await?;
+        exchange(stream, &payload).await
+    });
+    drop(hog);
+    exchanged?;
+
+    drop(forward);
+    wait_for_fd_baseline(baseline)
 }
 
 fn tcp_backpressure_bounded() -> Result<()> {
