@@ -298,8 +298,8 @@ fn check_login_anonymous_registry() {
 }
 
 fn assert_rejected(error: &ClientError, expected_registry: &str) {
-    let ClientError::CredentialsRejected { registry, .. } = error else {
-        panic!("expected CredentialsRejected, got {error:?}");
+    let ClientError::LoginRejected { registry, .. } = error else {
+        panic!("expected LoginRejected, got {error:?}");
     };
     assert_eq!(registry, expected_registry);
     let message = error.to_string();

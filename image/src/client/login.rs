@@ -236,12 +236,10 @@ fn is_token_denial(error: &ClientError) -> bool {
 
 /// Returns the error for credentials that the registry or its token service refused. It names
 /// the user but never the password.
-// TODO: `CredentialsRejected` has no user field, so the user name goes into `repository`. A
-// login variant of `ClientError` with `registry` and `username` fields would carry it directly.
 fn rejected(registry: &str, credentials: &Credentials) -> ClientError {
-    ClientError::CredentialsRejected {
+    ClientError::LoginRejected {
         registry: registry.to_owned(),
-        repository: format!("user {}", credentials.username),
+        username: credentials.username.clone(),
     }
 }
 
@@ -397,7 +395,7 @@ mod tests {
         let error = rejected("127.0.0.1:5001", &credentials);
         let message = error.to_string();
         assert!(message.contains("127.0.0.1:5001"), "{message}");
-        assert!(message.contains("user mayfly"), "{message}");
+        assert!(message.contains("user name \"mayfly\""), "{message}");
         assert!(!message.contains("mayfly-secret"), "{message}");
         assert!(!format!("{error:?}").contains("mayfly-secret"));
     }

@@ -145,6 +145,9 @@ pub enum ClientError {
         repository: String,
     },
 
+    #[error("registry {registry} rejected the user name {username:?} or its password; check both and log in again")]
+    LoginRejected { registry: String, username: String },
+
     #[error("registry {registry} asks for authentication with {schemes:?}, but mayfly supports only Basic and Bearer")]
     UnsupportedChallenge { registry: String, schemes: String },
 
