@@ -31,8 +31,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, leaving out a cause whose text the message already
-/// contains (several errors quote their source in their own message).
+/// Formats the error and its causes on one line. A cause whose text the message already
+/// contains is left out, because several errors quote their source in their own message.
 fn describe(error: &anyhow::Error) -> String {
     let mut message = error.to_string();
     for cause in error.chain().skip(1) {
@@ -47,7 +47,7 @@ fn describe(error: &anyhow::Error) -> String {
 
 fn init_logging(filter: &str) {
     // netlink-packet-route warns on every link dump when the kernel is newer than its tables
-    // (extra bytes in IFLA_INET6_CONF); that says nothing to a mayfly user.
+    // (extra bytes in IFLA_INET6_CONF). The warning means nothing to a mayfly user.
     let filter = if filter.contains("netlink_packet_route") {
         filter.to_owned()
     } else {

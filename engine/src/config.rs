@@ -40,7 +40,7 @@ pub enum ConfigError {
     },
 }
 
-/// How container root file systems are built.
+/// The way container root file systems are built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageMode {
@@ -50,7 +50,7 @@ pub enum StorageMode {
     Copy,
 }
 
-/// How the engine's user namespace maps IDs.
+/// The way the engine's user namespace maps IDs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdMapMode {

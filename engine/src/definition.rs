@@ -1,5 +1,5 @@
-//! The container definition: plain data that says which image a container starts from and
-//! which ordered changes apply to it. Its canonical serialisation is hashed into the digest that
+//! The container definition: plain data that names the image a container starts from and
+//! the ordered changes that apply to it. Its canonical serialisation is hashed into the digest that
 //! names a service, so the same definition gives the same name on any machine.
 
 use std::collections::BTreeMap;
@@ -138,7 +138,7 @@ pub struct Definition {
     pub changes: Vec<Change>,
 }
 
-/// What enters the hash: the resolved manifest digest and the changes, nothing per-run.
+/// The hashed form: the resolved manifest digest and the changes, nothing per-run.
 #[derive(Serialize)]
 struct HashedForm<'a> {
     from: &'a Digest,
@@ -164,7 +164,7 @@ impl Definition {
         next
     }
 
-    /// The RFC 8785 canonical JSON that the digest hashes.
+    /// Serialises the definition as the RFC 8785 canonical JSON that the digest hashes.
     pub fn canonical_json(&self) -> Result<String, DefinitionError> {
         let from = self
             .base
@@ -185,15 +185,15 @@ impl Definition {
         Ok(Digest::of_bytes(self.canonical_json()?.as_bytes()))
     }
 
-    /// The service hostname: the first 64 bits of the digest in lowercase RFC 4648 base32,
-    /// 13 characters without padding.
+    /// Returns the service hostname: the first 64 bits of the digest in lowercase RFC 4648
+    /// base32, 13 characters without padding.
     pub fn hostname(&self) -> Result<String, DefinitionError> {
         let digest = self.digest()?;
         let bytes = hex::decode(digest.hex()).expect("a parsed digest is valid hex");
         Ok(BASE32_NOPAD.encode(&bytes[..8]).to_ascii_lowercase())
     }
 
-    /// The hostname under [`SERVICE_DOMAIN`].
+    /// Returns the hostname under [`SERVICE_DOMAIN`].
     pub fn fully_qualified_hostname(&self) -> Result<String, DefinitionError> {
         Ok(format!("{}.{SERVICE_DOMAIN}", self.hostname()?))
     }

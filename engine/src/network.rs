@@ -74,7 +74,7 @@ impl Network {
         Ok(Self { dns, sandbox })
     }
 
-    /// The resolv.conf every container gets: the responder as its only nameserver.
+    /// Returns the resolv.conf every container gets: the responder as its only nameserver.
     pub fn resolv_conf(&self) -> String {
         resolv_conf_for(self.sandbox.gateway())
     }
@@ -111,8 +111,8 @@ pub struct ContainerLink<'a> {
     hostname: String,
 }
 
-/// The resolv.conf of containers on the sandbox `config` describes, known before the sandbox
-/// exists: the gateway is the subnet's first address.
+/// Returns the resolv.conf of containers on the sandbox that `config` describes. It is known
+/// before the sandbox exists, because the gateway is the subnet's first address.
 pub fn resolv_conf(config: &Config) -> Result<String, NetworkError> {
     let subnet: ipnet::Ipv4Net =
         config

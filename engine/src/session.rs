@@ -1,5 +1,5 @@
-//! An engine session: the handle a front-end holds after the bootstrap. It owns the image
-//! stores, the settings, and what the session already evaluated.
+//! An engine session: the handle a front-end keeps after the bootstrap. It owns the image
+//! stores, the settings, the network and the outcomes of exec steps already run.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use crate::container::exec::ExecOutcome;
 use crate::images::{Images, ImagesError};
 use crate::network::{Network, NetworkError};
 
-/// The engine, as one front-end session sees it.
+/// The engine of one front-end session.
 pub struct Engine {
     config: Config,
     /// This session's exec-step layers; removed when the session ends.
@@ -48,7 +48,7 @@ impl Engine {
         }))
     }
 
-    /// A container definition with no image yet; start it with [`Container::from`].
+    /// Returns a container definition with no image yet; start it with [`Container::from`].
     pub fn container(self: &Arc<Self>) -> Container {
         Container::new(self.clone())
     }
@@ -65,7 +65,7 @@ impl Engine {
         &self.images
     }
 
-    /// The session's network, created on first use.
+    /// Returns the session's network, creating it on first use.
     pub async fn network(&self) -> Result<&Network, NetworkError> {
         self.network
             .get_or_try_init(|| async { Network::create(&self.config) })

@@ -67,7 +67,7 @@ pub fn logout(args: LogoutArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The auth.json key of a registry: its host, with the port when one is given.
+/// Returns the auth.json key of a registry: its host, with the port when one is given.
 fn registry_key(registry: Option<&str>) -> String {
     let registry = registry.unwrap_or(DEFAULT_REGISTRY);
     let registry = registry

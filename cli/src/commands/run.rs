@@ -44,8 +44,8 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    // TODO: `auto` joins the bridge once published ports and service bindings exist; until
-    // then nothing a plain run can reach is on it, and joining costs a veth pair per run.
+    // TODO: make `auto` join the bridge once published ports and service bindings exist.
+    // Until then nothing a plain run can reach is on it, and joining costs a veth pair.
     let joins_sandbox = args.network == NetworkMode::Sandbox;
     let request = ProcessRequest {
         args: (!args.command().is_empty()).then(|| args.command().to_vec()),

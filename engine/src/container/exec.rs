@@ -65,7 +65,7 @@ pub enum ExecError {
     },
 }
 
-/// What one exec step left: its output, status and the layers after it.
+/// Outcome of one exec step: its output, its status and the layers after it.
 #[derive(Debug)]
 pub struct ExecOutcome {
     pub command: Vec<String>,

@@ -1,6 +1,6 @@
-//! Files a definition adds (`with_new_file`, `--new-file`) become one more read-only layer on
-//! top of the image, content-addressed so that the same files share one directory; and reading
-//! a file such as `/etc/passwd` through a stack of overlay-format layers.
+//! New files of a definition (`with_new_file`, `--new-file`) as one more read-only layer on top
+//! of the image. The layer is content-addressed, so the same files share one directory. Also
+//! reading a file such as `/etc/passwd` through a stack of overlay-format layers.
 
 use std::fs;
 use std::io::Write;
@@ -118,8 +118,8 @@ fn xattr_is_set(path: &Path, name: &str) -> bool {
         return false;
     };
     let name = std::ffi::CString::new(name).expect("attribute names have no NUL");
-    // SAFETY: both pointers come from live CStrings, and a null buffer of size 0 only asks
-    // for the value's size, so the kernel writes nothing.
+    // SAFETY: both pointers come from live CStrings, and a null buffer of size 0 only requests
+    // the value's size, so the kernel writes nothing.
     let size = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
     size >= 0
 }

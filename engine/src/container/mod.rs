@@ -51,7 +51,7 @@ pub enum ContainerError {
     Spec(#[from] oci_spec::OciSpecError),
 }
 
-/// What to run and how to connect it, beyond the definition.
+/// Process settings beyond the definition: the command, the terminal and the streams.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessRequest {
     /// Arguments after the entrypoint; `None` uses the image's (or definition's) defaults.
@@ -199,8 +199,8 @@ fn hosts_file(hostname: &str) -> String {
     )
 }
 
-/// A 64-hex-digit container ID from the clock, the process and a counter; unique within and
-/// across engines of one user, which is all the state directories need.
+/// Makes a 64-hex-digit container ID from the clock, the process and a counter. It is unique
+/// within and across the engines of one user, which is all the state directories need.
 fn new_container_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -141,7 +141,7 @@ impl Settings {
             .map(|(_, value)| value.as_str())
     }
 
-    /// The environment as `KEY=VALUE`, with Docker's default `PATH` when none is set.
+    /// Returns the environment as `KEY=VALUE`, with Docker's default `PATH` when none is set.
     pub fn env_list(&self) -> Vec<String> {
         let mut list: Vec<String> = self
             .env

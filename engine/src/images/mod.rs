@@ -60,13 +60,13 @@ pub struct LocalImage {
     pub config: ImageConfig,
     /// Unpacked layer trees in overlay format, lowest first.
     pub layer_dirs: Vec<PathBuf>,
-    /// What unpacking had to work around, for the front-end to show once.
+    /// Counts of what unpacking had to work around, for the front-end to show once.
     pub warnings: UnpackWarnings,
     /// Blobs this call downloaded (empty when the image was already present).
     pub downloaded: Vec<Digest>,
 }
 
-/// What a prune removed and what it left because it is in use.
+/// Summary of a prune: what it removed, and the layers it kept because they are in use.
 #[derive(Debug, Default)]
 pub struct PruneSummary {
     pub blobs: PruneReport,
@@ -217,7 +217,7 @@ impl Images {
         Ok(warnings)
     }
 
-    /// Every image in the store.
+    /// Lists every image in the store.
     pub fn list(&self) -> Result<Vec<ImageRecord>, ImagesError> {
         Ok(self.store.images()?)
     }

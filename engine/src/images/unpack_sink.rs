@@ -35,7 +35,7 @@ impl LayerSink for UnpackSink {
             return None;
         }
         // A media type the unpacker does not know is reported after the pull, when the layer
-        // is unpacked from the store; the download itself can go on.
+        // is unpacked from the store. The download itself can go on.
         let compression = Compression::from_media_type(&layer.media_type)?;
         let (reader, writer) = match io::pipe() {
             Ok(pipe) => pipe,
