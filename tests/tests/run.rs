@@ -185,20 +185,10 @@ fn run_pipes_stdin() {
 #[test]
 fn run_forwards_sigterm() {
     let Some(home) = ready() else { return };
-    let mut child = home
-        .mayfly()
-        .args([
-            "run",
-            "busybox",
-            "sh",
-            "-c",
-            "trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    wait_for_line(&mut stdout, "ready");
+    let (mut child, mut stdout) = start_until_ready(
+        &home,
+        "trap 'echo got TERM; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -213,6 +203,22 @@ fn run_forwards_sigterm() {
         Some(3),
         "mayfly exits with the container's status"
     );
+}
+
+/// Starts `mayfly run busybox sh -c SCRIPT` and returns once the script printed `ready`.
+fn start_until_ready(
+    home: &MayflyHome,
+    script: &str,
+) -> (std::process::Child, std::process::ChildStdout) {
+    let mut child = home
+        .mayfly()
+        .args(["run", "busybox", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    wait_for_line(&mut stdout, "ready");
+    (child, stdout)
 }
 
 fn wait_for_line(reader: &mut impl std::io::Read, expected: &str) {
@@ -345,20 +351,7 @@ fn processes_with(marker: &str) -> Vec<u32> {
 fn run_killed_engine_leaves_nothing() {
     let Some(home) = ready() else { return };
     let marker = format!("4242.{}", std::process::id());
-    let mut child = home
-        .mayfly()
-        .args([
-            "run",
-            "busybox",
-            "sh",
-            "-c",
-            &format!("echo ready; sleep {marker}"),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    wait_for_line(&mut stdout, "ready");
+    let (mut child, _stdout) = start_until_ready(&home, &format!("echo ready; sleep {marker}"));
     let deadline = Instant::now() + Duration::from_secs(5);
     while processes_with(&marker).is_empty() {
         assert!(
@@ -478,20 +471,7 @@ fn run_passes_options_after_image() {
 #[test]
 fn prune_keeps_layers_in_use() {
     let Some(home) = ready() else { return };
-    let mut child = home
-        .mayfly()
-        .args([
-            "run",
-            "busybox",
-            "sh",
-            "-c",
-            "echo ready; sleep 2; ls /bin/sh",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    wait_for_line(&mut stdout, "ready");
+    let (mut child, mut stdout) = start_until_ready(&home, "echo ready; sleep 2; ls /bin/sh");
 
     home.run_ok(&["rmi", "busybox"]);
     let pruned = home.run_ok(&["prune"]);
