@@ -137,9 +137,16 @@ pub struct RunArgs {
     /// Platform to pull when the image is missing, as OS/ARCH[/VARIANT].
     #[arg(long)]
     pub platform: Option<String>,
+    /// Publish a container port on the host, as [ADDR:]HOSTPORT:CONTAINERPORT[/udp]. The
+    /// address defaults to 127.0.0.1 (Docker's is 0.0.0.0); host port 0 picks a free one.
+    #[arg(
+        long = "publish",
+        short = 'p',
+        value_name = "[ADDR:]HOSTPORT:CONTAINERPORT[/udp]"
+    )]
+    pub publish: Vec<String>,
     /// Network: `sandbox` joins the bridge with its DNS responder; `none` keeps loopback only.
-    /// `auto` joins the bridge when the container publishes ports or reaches services, which
-    /// a plain run does not.
+    /// `auto` joins the bridge when the container publishes ports.
     #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
     pub network: NetworkMode,
     /// Container hostname (default: a name derived from the container).

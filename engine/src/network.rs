@@ -9,7 +9,7 @@ use mayfly_netns::{
 };
 
 use crate::config::Config;
-use crate::definition::SERVICE_DOMAIN;
+use crate::definition::{Protocol, SERVICE_DOMAIN};
 
 /// Errors from setting up the session's network.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,10 @@ pub enum NetworkError {
     InvalidSubnet { subnet: String },
     #[error("invalid upstream DNS server {server:?}: expected IP or IP:PORT")]
     InvalidUpstream { server: String },
+    #[error("invalid --publish {value:?}: {reason}; write [ADDR:]HOSTPORT:CONTAINERPORT[/udp]")]
+    InvalidPublish { value: String, reason: String },
+    #[error(transparent)]
+    Tunnel(#[from] mayfly_netns::TunnelError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
@@ -187,4 +191,124 @@ fn parse_upstream(server: &str) -> Result<SocketAddr, NetworkError> {
         .map_err(|_| NetworkError::InvalidUpstream {
             server: server.to_owned(),
         })
+}
+
+/// A published port: `[ADDR:]HOSTPORT:CONTAINERPORT[/udp]`, as `docker run -p` writes it.
+/// Without an address the port is published on 127.0.0.1, a safer default than Docker's
+/// 0.0.0.0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host: SocketAddr,
+    pub container_port: u16,
+    pub protocol: Protocol,
+}
+
+impl std::str::FromStr for PortMapping {
+    type Err = NetworkError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| NetworkError::InvalidPublish {
+            value: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (ports, protocol) = match text.rsplit_once('/') {
+            Some((ports, "tcp")) => (ports, Protocol::Tcp),
+            Some((ports, "udp")) => (ports, Protocol::Udp),
+            Some(_) => return Err(invalid("the protocol must be tcp or udp")),
+            None => (text, Protocol::Tcp),
+        };
+        let (host_part, container_port) = ports
+            .rsplit_once(':')
+            .ok_or_else(|| invalid("expected HOSTPORT:CONTAINERPORT"))?;
+        let container_port: u16 = container_port
+            .parse()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| invalid("the container port must be a number from 1 to 65535"))?;
+
+        let (address, host_port) = match host_part.rsplit_once(':') {
+            Some((address, port)) => {
+                let address = address.trim_start_matches('[').trim_end_matches(']');
+                let address: IpAddr = address
+                    .parse()
+                    .map_err(|_| invalid("the address must be an IP address"))?;
+                (address, port)
+            }
+            None => (IpAddr::from([127, 0, 0, 1]), host_part),
+        };
+        let host_port: u16 = host_port
+            .parse()
+            .map_err(|_| invalid("the host port must be a number from 0 to 65535"))?;
+        Ok(Self {
+            host: SocketAddr::new(address, host_port),
+            container_port,
+            protocol,
+        })
+    }
+}
+
+/// A running port forward; dropping it closes the listener and its connections.
+pub enum PublishedPort {
+    Tcp(mayfly_netns::TcpForward),
+    Udp(mayfly_netns::UdpForward),
+}
+
+impl PublishedPort {
+    /// The address the forward listens on; with host port 0, the port the kernel picked.
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Tcp(forward) => forward.local_addr(),
+            Self::Udp(forward) => forward.local_addr(),
+        }
+    }
+}
+
+impl Network {
+    /// Forwards `mapping.host` on the host to the container behind `link`.
+    pub fn publish(
+        &self,
+        link: &ContainerLink<'_>,
+        mapping: &PortMapping,
+    ) -> Result<PublishedPort, NetworkError> {
+        let target = SocketAddr::new(link.address(), mapping.container_port);
+        let config = mayfly_netns::TunnelConfig::default();
+        let published = match mapping.protocol {
+            Protocol::Tcp => {
+                PublishedPort::Tcp(self.sandbox.publish_tcp(mapping.host, target, &config)?)
+            }
+            Protocol::Udp => {
+                PublishedPort::Udp(self.sandbox.publish_udp(mapping.host, target, &config)?)
+            }
+        };
+        tracing::info!(host = %published.local_addr(), %target, protocol = %mapping.protocol, "published port");
+        Ok(published)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_spec_forms() {
+        let plain: PortMapping = "8080:80".parse().unwrap();
+        assert_eq!(plain.host, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(plain.container_port, 80);
+        assert_eq!(plain.protocol, Protocol::Tcp);
+
+        let any: PortMapping = "0.0.0.0:53:5353/udp".parse().unwrap();
+        assert_eq!(any.host, "0.0.0.0:53".parse().unwrap());
+        assert_eq!(any.protocol, Protocol::Udp);
+
+        let v6: PortMapping = "[::1]:0:80".parse().unwrap();
+        assert_eq!(v6.host, "[::1]:0".parse().unwrap());
+    }
+
+    #[test]
+    fn publish_spec_errors_name_the_value() {
+        for bad in ["80", "8080:0", "x:80", "8080:80/sctp", "host:8080:80"] {
+            let error = bad.parse::<PortMapping>().unwrap_err();
+            assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
 }

@@ -488,3 +488,89 @@ fn prune_keeps_layers_in_use() {
     let after = home.run_ok(&["prune"]);
     assert!(after.contains("and 1 unpacked layers"), "{after}");
 }
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+#[test]
+fn run_publishes_tcp_port() {
+    let Some(home) = ready() else { return };
+    let port = free_port();
+    let publish = format!("{port}:8080");
+    let mut child = home
+        .mayfly()
+        .args([
+            "run",
+            "-p",
+            &publish,
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir /www; echo published > /www/index.html; echo ready; httpd -f -p 8080 -h /www",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let guard = KillOnDrop(child.id());
+    wait_for_line(&mut stdout, "ready");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        match http_get(port, "/index.html") {
+            Ok(response) if response.contains("published") => break response,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("no answer through the published port: {other:?}"),
+        }
+    };
+    assert!(
+        response.lines().next().unwrap_or("").contains(" 200 "),
+        "{response}"
+    );
+
+    // The port is taken now, so a second publish of it fails and names it.
+    let taken = home.run(&["run", "-p", &publish, "busybox", "true"]);
+    assert!(!taken.status.success());
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains(&port.to_string()),
+        "the error names the port"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    drop(guard);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the published port closes with mayfly"
+    );
+}
+
+/// Kills a mayfly process when a failed assertion unwinds past it, so that it does not keep
+/// the test's output pipes open.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mayfly_engine::container::{self, ProcessRequest};
 use mayfly_engine::definition::{Change, Definition};
-use mayfly_engine::network;
+use mayfly_engine::network::{self, PortMapping};
 use mayfly_engine::runtime::{self, ContainerProcess, ProcessHandle, Stdio};
 use mayfly_image::reference::Reference;
 use nix::sys::signal::Signal;
@@ -44,9 +44,20 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    // TODO: make `auto` join the bridge once published ports and service bindings exist.
-    // Until then nothing a plain run can reach is on it, and joining costs a veth pair.
-    let joins_sandbox = args.network == NetworkMode::Sandbox;
+    let publish: Vec<PortMapping> = args
+        .publish
+        .iter()
+        .map(|spec| spec.parse())
+        .collect::<Result<_, _>>()?;
+    // TODO: make `auto` join the bridge for service bindings too, once they exist.
+    let joins_sandbox = match args.network {
+        NetworkMode::Sandbox => true,
+        NetworkMode::Auto => !publish.is_empty(),
+        NetworkMode::None if !publish.is_empty() => {
+            bail!("--publish needs the network sandbox, but --network none was given")
+        }
+        NetworkMode::None => false,
+    };
     let request = ProcessRequest {
         args: (!args.command().is_empty()).then(|| args.command().to_vec()),
         resolv_conf: match joins_sandbox {
@@ -90,6 +101,20 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(network) => Some(network?.attach(process.pid(), &hostname)?),
         None => None,
     };
+    let mut published = Vec::new();
+    if let Some(link) = &link {
+        let network = engine.network().await?;
+        for mapping in &publish {
+            let port = network.publish(link, mapping)?;
+            eprintln!(
+                "mayfly: publishing {} -> container port {}/{}",
+                port.local_addr(),
+                mapping.container_port,
+                mapping.protocol
+            );
+            published.push(port);
+        }
+    }
     let process = tokio::task::spawn_blocking(move || -> anyhow::Result<ContainerProcess> {
         process.start()?;
         Ok(process)
@@ -98,6 +123,7 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
     .context("the container start task panicked")??;
 
     let status = supervise(process, signals, args.tty, engine.config().stop_timeout).await?;
+    drop(published);
     if let Some(link) = link {
         link.leave_to_session_end();
     }
