@@ -108,8 +108,10 @@ impl Config {
                 .ok()
                 .map(|dir| dir.join("mayfly/config.toml")),
         };
+        // A file named by MAYFLY_CONFIG must exist; the default location is optional.
+        let named = std::env::var_os("MAYFLY_CONFIG").is_some();
         let file = match &path {
-            Some(path) if path.exists() => read_file(path)?,
+            Some(path) if path.exists() || named => read_file(path)?,
             _ => ConfigFile::default(),
         };
         let source = path.filter(|path| path.exists());
@@ -146,18 +148,18 @@ impl Config {
             .or(file.subnet)
             .unwrap_or_else(|| "10.89.0.0/24".to_owned());
         let health_deadline = duration_setting(
-            "MAYFLY_HEALTH_DEADLINE",
-            env("MAYFLY_HEALTH_DEADLINE").or(file.health_deadline),
+            ("MAYFLY_HEALTH_DEADLINE", env("MAYFLY_HEALTH_DEADLINE")),
+            ("health-deadline", file.health_deadline),
             Duration::from_secs(60),
         )?;
         let grace_period = duration_setting(
-            "MAYFLY_GRACE_PERIOD",
-            env("MAYFLY_GRACE_PERIOD").or(file.grace_period),
+            ("MAYFLY_GRACE_PERIOD", env("MAYFLY_GRACE_PERIOD")),
+            ("grace-period", file.grace_period),
             Duration::from_secs(2),
         )?;
         let stop_timeout = duration_setting(
-            "MAYFLY_STOP_TIMEOUT",
-            env("MAYFLY_STOP_TIMEOUT").or(file.stop_timeout),
+            ("MAYFLY_STOP_TIMEOUT", env("MAYFLY_STOP_TIMEOUT")),
+            ("stop-timeout", file.stop_timeout),
             Duration::from_secs(10),
         )?;
         let upstream_dns = match env("MAYFLY_DNS_UPSTREAM") {
@@ -227,14 +229,22 @@ fn parse_enum<T: for<'de> Deserialize<'de>>(key: &str, value: &str) -> Result<T,
         })
 }
 
+/// Picks the environment variable over the file's key, and names whichever gave a bad value.
 fn duration_setting(
-    key: &str,
-    value: Option<String>,
+    variable: (&str, Option<String>),
+    file_key: (&str, Option<String>),
     default: Duration,
 ) -> Result<Duration, ConfigError> {
+    let (key, value) = match variable {
+        (name, Some(value)) => (name.to_owned(), Some(value)),
+        _ => (
+            format!("{} in the configuration file", file_key.0),
+            file_key.1,
+        ),
+    };
     match value {
         Some(text) => parse_duration(&text).ok_or_else(|| ConfigError::InvalidValue {
-            key: key.to_owned(),
+            key,
             value: text,
             reason: "expected a number with a unit, such as 500ms, 30s or 2m".to_owned(),
         }),
@@ -311,6 +321,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("soon"), "{error}");
+    }
+
+    #[test]
+    fn config_file_errors_name_the_key() {
+        let error =
+            resolve_with("stop-timeout = \"5 minutes\"", &[("MAYFLY_DATA_DIR", "/d")]).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("stop-timeout in the configuration file"),
+            "{message}"
+        );
+        assert!(!message.contains("MAYFLY_STOP_TIMEOUT"), "{message}");
     }
 
     #[test]
