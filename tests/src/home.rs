@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use tempfile::TempDir;
 
-/// A temporary directory tree that stands in for `$HOME` and the XDG directories.
+/// A temporary directory tree that replaces `$HOME` and the XDG directories.
 pub struct MayflyHome {
     root: TempDir,
 }
@@ -35,7 +35,7 @@ impl MayflyHome {
         self.root.path().join("runtime")
     }
 
-    /// A `mayfly` command whose every directory points inside this home.
+    /// Returns a `mayfly` command whose every directory points inside this home.
     pub fn mayfly(&self) -> Command {
         let mut command = Command::new(mayfly_binary());
         command
@@ -87,7 +87,7 @@ impl Default for MayflyHome {
 
 impl Drop for MayflyHome {
     /// Removes the store with mayfly itself, because files owned by subordinate IDs can only be
-    /// deleted from inside its user namespace; the temporary directory removes the rest.
+    /// deleted from inside its user namespace. The temporary directory removes the rest.
     fn drop(&mut self) {
         let data = self.data_dir().join("mayfly");
         if data.exists() {

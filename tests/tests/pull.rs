@@ -35,7 +35,7 @@ fn pull_python_applies_whiteouts() {
     let stdout = home.run_ok(&["pull", "python:3.11"]);
     assert_eq!(stdout.trim(), expected["manifest_digest"].as_str().unwrap());
 
-    // The top layer holds the whiteout and the opaque directory in overlay's format.
+    // The top layer contains the whiteout and the opaque directory in overlay's format.
     let top = layer_root(&home, &top_diff_id(&expected));
     let whiteout = std::fs::symlink_metadata(top.join("etc/issue.net")).unwrap();
     assert!(
@@ -143,7 +143,8 @@ fn images_rmi_and_prune() {
             .trim_start_matches("sha256:"),
     );
     let unpacked = layer_root(&home, layer["diff_id"].as_str().unwrap());
-    assert!(blob.exists() && unpacked.exists());
+    assert!(blob.exists(), "the pull stores the blob");
+    assert!(unpacked.exists(), "the pull unpacks the layer");
 
     home.run_ok(&["rmi", "busybox"]);
     assert!(blob.exists(), "rmi keeps blobs until prune");
@@ -259,7 +260,8 @@ fn pull_tls_registry_with_ca() {
     );
 }
 
-/// Every path under `root` whose name starts with `escaped`, skipping unreadable directories.
+/// Lists every path under `root` whose name starts with `escaped`, skipping unreadable
+/// directories.
 fn escaped_paths(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut pending = vec![root.to_owned()];

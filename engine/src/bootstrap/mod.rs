@@ -2,7 +2,7 @@
 //!
 //! [`enter`] must run at the top of a binary's `main`, after
 //! [`crate::runtime::init_if_requested`] and before anything starts a thread (a tokio
-//! runtime, a thread pool, a logger with a background thread): the kernel allows
+//! runtime, a thread pool, a logger with a background thread). The kernel allows
 //! `unshare(CLONE_NEWUSER)` only in a single-threaded process, and [`enter`] forks.
 //!
 //! ```text
@@ -65,7 +65,7 @@ pub enum StorageMode {
     Copy,
 }
 
-/// How container root file systems are built.
+/// The way container root file systems are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Storage {
     /// Overlay of the image layers plus a private upper directory.
@@ -308,7 +308,7 @@ pub fn enter(options: &BootstrapOptions) -> Result<Bootstrap, BootstrapError> {
     let writer = choose_map_writer(options.id_map, host_uid, host_gid, &mut warnings)?;
 
     // Forwarded signals and SIGCHLD stay blocked in the parent, which takes them with
-    // sigwaitinfo; blocking them before the fork closes the window where one would kill the
+    // sigwaitinfo. Blocking them before the fork closes the window where one would kill the
     // parent with its default action. The child restores the old mask.
     let mut signals = SigSet::empty();
     for signal in host::FORWARDED {

@@ -140,9 +140,10 @@ impl Attachment {
         self.remove()
     }
 
-    /// Leaves the veth pair to go away with its namespaces, without a netlink request: for a
-    /// container whose namespace is gone when the whole sandbox is about to go too, where an
-    /// explicit delete only waits for the kernel's namespace cleanup. The address stays leased.
+    /// Leaves the veth pair to go away with its namespaces, without a netlink request. It is
+    /// meant for a container whose namespace is gone while the whole sandbox is about to go
+    /// too, because an explicit delete then only waits for the kernel's namespace cleanup.
+    /// The address stays leased.
     pub fn abandon(mut self) {
         self.detached = true;
         tracing::debug!(container = %self.name, link = %self.host_link, "left veth pair to the namespace teardown");
