@@ -3,6 +3,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod container;
 pub mod definition;
+pub mod health_check;
 pub mod images;
 pub mod network;
 pub mod runtime;
