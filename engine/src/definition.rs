@@ -118,6 +118,29 @@ pub enum Change {
         name: String,
         value: String,
     },
+    /// Binds a service under `alias` for the exec steps and the service that follow. `service`
+    /// is the bound service's hostname, filled in when the definition is resolved.
+    ServiceBinding {
+        alias: String,
+        service: String,
+    },
+    /// Runs the container as a service with these arguments; the last change of a service's
+    /// definition, so that the same container run two ways gives two hostnames.
+    Service(ServiceCommand),
+}
+
+/// How a service runs its container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCommand {
+    /// Arguments; empty runs the container's default command.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub args: Vec<String>,
+    /// Prepend the entrypoint to `args`, as `docker run IMAGE ARGS` does.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub use_entrypoint: bool,
+    /// Run the command as PID 1 instead of under the small init.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub no_init: bool,
 }
 
 /// The image a definition starts from.
@@ -129,6 +152,13 @@ pub struct Base {
     pub manifest: Option<Digest>,
     /// Platform requested as OS/ARCH[/VARIANT], or the host's when unset.
     pub platform: Option<String>,
+}
+
+/// Returns the hostname for `digest`: its first 64 bits in lowercase RFC 4648 base32, 13
+/// characters without padding.
+pub fn hostname_of(digest: &Digest) -> String {
+    let bytes = hex::decode(digest.hex()).expect("a parsed digest is valid hex");
+    BASE32_NOPAD.encode(&bytes[..8]).to_ascii_lowercase()
 }
 
 /// A container definition: a base image and an ordered list of changes.
@@ -188,9 +218,7 @@ impl Definition {
     /// Returns the service hostname: the first 64 bits of the digest in lowercase RFC 4648
     /// base32, 13 characters without padding.
     pub fn hostname(&self) -> Result<String, DefinitionError> {
-        let digest = self.digest()?;
-        let bytes = hex::decode(digest.hex()).expect("a parsed digest is valid hex");
-        Ok(BASE32_NOPAD.encode(&bytes[..8]).to_ascii_lowercase())
+        Ok(hostname_of(&self.digest()?))
     }
 
     /// Returns the hostname under [`SERVICE_DOMAIN`].

@@ -7,6 +7,7 @@ pub mod health_check;
 pub mod images;
 pub mod network;
 pub mod runtime;
+pub mod service;
 pub mod session;
 pub mod state;
 mod sys;

@@ -3,9 +3,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use std::sync::Arc;
+
 use mayfly_netns::{
-    Attachment, DnsConfig, DnsError, DnsServer, NetNs, NetnsError, Sandbox, SandboxConfig,
-    SandboxError,
+    Attachment, DnsConfig, DnsError, DnsRegistry, DnsServer, NetNs, NetnsError, Sandbox,
+    SandboxConfig, SandboxError,
 };
 
 use crate::config::Config;
@@ -85,7 +87,7 @@ impl Network {
 
     /// Joins the network namespace of container process `pid` to the bridge and registers
     /// `hostname` in the DNS responder.
-    pub fn attach(&self, pid: i32, hostname: &str) -> Result<ContainerLink<'_>, NetworkError> {
+    pub fn attach(&self, pid: i32, hostname: &str) -> Result<ContainerLink, NetworkError> {
         let namespace = NetNs::of_pid(pid as u32)
             .map_err(|source| NetworkError::ContainerNamespace { pid, source })?;
         let attachment = self.sandbox.attach(&namespace, hostname)?;
@@ -93,7 +95,7 @@ impl Network {
         self.dns.registry().register(hostname, address)?;
         tracing::debug!(%hostname, %address, "container attached to the bridge");
         Ok(ContainerLink {
-            network: self,
+            registry: self.dns.registry().clone(),
             attachment: Some(attachment),
             hostname: hostname.to_owned(),
         })
@@ -109,8 +111,8 @@ impl Network {
 }
 
 /// One container's place on the bridge; dropping it removes the veth pair and its DNS names.
-pub struct ContainerLink<'a> {
-    network: &'a Network,
+pub struct ContainerLink {
+    registry: Arc<DnsRegistry>,
     attachment: Option<Attachment>,
     hostname: String,
 }
@@ -138,7 +140,7 @@ fn resolv_conf_for(gateway: std::net::Ipv4Addr) -> String {
     format!("nameserver {gateway}\nsearch {SERVICE_DOMAIN}\noptions ndots:1\n")
 }
 
-impl ContainerLink<'_> {
+impl ContainerLink {
     /// Unregisters the container's names but leaves its veth pair to the namespace teardown,
     /// for a session that ends right after its container (see [`Attachment::abandon`]).
     pub fn leave_to_session_end(mut self) {
@@ -153,7 +155,7 @@ impl ContainerLink<'_> {
             return;
         };
         let address = IpAddr::V4(attachment.address());
-        let registry = self.network.dns.registry();
+        let registry = &self.registry;
         if let Err(error) = registry.unregister(&self.hostname) {
             tracing::debug!(hostname = %self.hostname, %error, "failed to unregister a container name");
         }
@@ -170,7 +172,7 @@ impl ContainerLink<'_> {
     }
 }
 
-impl Drop for ContainerLink<'_> {
+impl Drop for ContainerLink {
     fn drop(&mut self) {
         self.unregister();
         if let Some(attachment) = self.attachment.take() {
@@ -267,10 +269,19 @@ impl Network {
     /// Forwards `mapping.host` on the host to the container behind `link`.
     pub fn publish(
         &self,
-        link: &ContainerLink<'_>,
+        link: &ContainerLink,
         mapping: &PortMapping,
     ) -> Result<PublishedPort, NetworkError> {
-        let target = SocketAddr::new(link.address(), mapping.container_port);
+        self.publish_to(link.address(), mapping)
+    }
+
+    /// Forwards `mapping.host` on the host to `address`, a container's address on the bridge.
+    pub fn publish_to(
+        &self,
+        address: IpAddr,
+        mapping: &PortMapping,
+    ) -> Result<PublishedPort, NetworkError> {
+        let target = SocketAddr::new(address, mapping.container_port);
         let config = mayfly_netns::TunnelConfig::default();
         let published = match mapping.protocol {
             Protocol::Tcp => {

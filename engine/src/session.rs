@@ -15,6 +15,7 @@ use crate::container::builder::Container;
 use crate::container::exec::ExecOutcome;
 use crate::images::{Images, ImagesError};
 use crate::network::{Network, NetworkError};
+use crate::service::{Host, Registry, ServiceRef};
 
 /// The engine of one front-end session.
 pub struct Engine {
@@ -26,6 +27,10 @@ pub struct Engine {
     /// Outcomes of exec steps, by the digest of the definition that ends with the step.
     pub(crate) execs: Mutex<HashMap<Digest, Arc<ExecOutcome>>>,
     pub(crate) progress: Box<dyn mayfly_image::pull::ProgressSink + Send + Sync>,
+    /// The service instances of this session.
+    pub(crate) services: Arc<Registry>,
+    /// References that [`crate::service::Service::start`] holds until `stop`.
+    pub(crate) started_services: Mutex<HashMap<Digest, ServiceRef>>,
     /// The sandbox and DNS responder, made when the first container needs them.
     network: tokio::sync::OnceCell<Network>,
 }
@@ -37,13 +42,16 @@ impl Engine {
         let snapshots_root = config.data_dir.join("snapshots");
         remove_dead_sessions(&snapshots_root);
         let snapshots = snapshots_root.join(std::process::id().to_string());
+        let grace_period = config.grace_period;
         Ok(Arc::new(Self {
+            services: Registry::new(grace_period),
             config,
             snapshots,
             bootstrap,
             images,
             execs: Mutex::default(),
             progress: Box::new(NoProgress),
+            started_services: Mutex::default(),
             network: tokio::sync::OnceCell::new(),
         }))
     }
@@ -51,6 +59,23 @@ impl Engine {
     /// Returns a container definition with no image yet; start it with [`Container::from`].
     pub fn container(self: &Arc<Self>) -> Container {
         Container::new(self.clone())
+    }
+
+    /// Stops every service of the session (SIGTERM, then SIGKILL after the stop timeout) and
+    /// waits until each has released its container, network and tunnels.
+    pub async fn stop_services(&self) {
+        self.started_services
+            .lock()
+            .expect("started services poisoned")
+            .clear();
+        self.services
+            .stop_all(crate::service::StopMode::Graceful)
+            .await;
+    }
+
+    /// The host the engine runs on, for host services.
+    pub fn host(self: &Arc<Self>) -> Host {
+        Host::new(self.clone())
     }
 
     pub fn config(&self) -> &Config {

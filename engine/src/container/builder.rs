@@ -22,9 +22,10 @@ use std::sync::Arc;
 
 use mayfly_image::reference::Reference;
 
-use super::exec::{run_exec, tail, ExecError, ExecOutcome};
-use crate::definition::{Change, Definition, ExecOptions};
+use super::exec::{run_exec, tail, ExecError, ExecOutcome, ExecStep};
+use crate::definition::{Change, Definition, ExecOptions, ExposedPort, Protocol};
 use crate::images::LocalImage;
+use crate::service::{Service, ServiceBinding, ServiceCommand, ServiceError};
 use crate::session::Engine;
 
 /// A container definition bound to the engine that evaluates it.
@@ -32,6 +33,8 @@ use crate::session::Engine;
 pub struct Container {
     engine: Arc<Engine>,
     definition: Definition,
+    /// The services of the definition's `ServiceBinding` changes, in the same order.
+    bindings: Vec<ServiceBinding>,
 }
 
 impl std::fmt::Debug for Container {
@@ -44,9 +47,16 @@ impl std::fmt::Debug for Container {
 
 impl Container {
     pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        Self::from_definition(engine, Definition::from_reference(""))
+    }
+
+    /// A container for a plain definition that binds no service, such as one built from
+    /// command-line flags.
+    pub fn from_definition(engine: Arc<Engine>, definition: Definition) -> Self {
         Self {
             engine,
-            definition: Definition::from_reference(""),
+            definition,
+            bindings: Vec::new(),
         }
     }
 
@@ -55,19 +65,69 @@ impl Container {
         &self.definition
     }
 
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The bound services, in binding order.
+    pub fn bindings(&self) -> &[ServiceBinding] {
+        &self.bindings
+    }
+
     fn with(&self, change: Change) -> Self {
         Self {
             engine: self.engine.clone(),
             definition: self.definition.with(change),
+            bindings: self.bindings.clone(),
         }
     }
 
     /// Starts from an image, dropping every earlier step.
     pub fn from(&self, reference: &str) -> Self {
-        Self {
-            engine: self.engine.clone(),
-            definition: Definition::from_reference(reference),
-        }
+        Self::from_definition(self.engine.clone(), Definition::from_reference(reference))
+    }
+
+    /// Offers `port` to clients. Unless `skip_health_check`, a TCP port must accept
+    /// connections before any client of the service runs.
+    pub fn with_exposed_port(
+        &self,
+        port: u16,
+        protocol: Protocol,
+        description: Option<&str>,
+        skip_health_check: bool,
+    ) -> Self {
+        self.with(Change::ExposedPort(ExposedPort {
+            port,
+            protocol,
+            description: description.map(str::to_owned),
+            skip_health_check,
+        }))
+    }
+
+    /// Removes a port that the image or an earlier step exposed.
+    pub fn without_exposed_port(&self, port: u16, protocol: Protocol) -> Self {
+        self.with(Change::WithoutExposedPort { port, protocol })
+    }
+
+    /// Makes `service` reachable as `alias` from the exec steps that follow and from this
+    /// container when it runs as a service. The service starts when a step needs it.
+    pub fn with_service_binding(
+        &self,
+        alias: &str,
+        service: &Service,
+    ) -> Result<Self, ServiceError> {
+        let binding = ServiceBinding::new(alias, service.clone())?;
+        let mut next = self.with(Change::ServiceBinding {
+            alias: alias.to_owned(),
+            service: String::new(),
+        });
+        next.bindings.push(binding);
+        Ok(next)
+    }
+
+    /// Turns the container into a service that runs `command`.
+    pub fn as_service(&self, command: ServiceCommand) -> Service {
+        Service::from_container(self.clone(), command)
     }
 
     /// Selects the platform to pull, as OS/ARCH[/VARIANT].
@@ -203,13 +263,35 @@ impl Container {
         Ok(outcome)
     }
 
-    /// Returns the resolved container, its image and the outcome of its last exec step.
-    async fn evaluate(
-        &self,
-    ) -> Result<(Container, LocalImage, Option<Arc<ExecOutcome>>), ExecError> {
+    /// Returns the definition with its image digest and the hostnames of its bound services
+    /// filled in, without running any exec step, and the image.
+    pub(crate) async fn resolved_definition(&self) -> Result<(Definition, LocalImage), ExecError> {
         let image = self.resolve_image().await?;
         let mut resolved = self.definition.clone();
         resolved.base.manifest = Some(image.record.manifest_digest.clone());
+
+        let mut bindings = self.bindings.iter();
+        for change in &mut resolved.changes {
+            let Change::ServiceBinding { service, .. } = change else {
+                continue;
+            };
+            let binding = bindings
+                .next()
+                .expect("one binding per service-binding change");
+            *service = binding
+                .service
+                .hostname()
+                .await
+                .map_err(|error| ExecError::Service(Box::new(error)))?;
+        }
+        Ok((resolved, image))
+    }
+
+    /// Returns the resolved container, its image and the outcome of its last exec step.
+    pub(crate) async fn evaluate(
+        &self,
+    ) -> Result<(Container, LocalImage, Option<Arc<ExecOutcome>>), ExecError> {
+        let (resolved, image) = self.resolved_definition().await?;
 
         let mut last: Option<Arc<ExecOutcome>> = None;
         for (index, change) in resolved.changes.iter().enumerate() {
@@ -237,17 +319,18 @@ impl Container {
             let outcome = match cached {
                 Some(outcome) => outcome,
                 None => {
+                    let bound_before = resolved.changes[..index]
+                        .iter()
+                        .filter(|change| matches!(change, Change::ServiceBinding { .. }))
+                        .count();
+                    let step = ExecStep {
+                        args: args.clone(),
+                        stdin: options.stdin.clone(),
+                        no_init: options.no_init,
+                        bindings: self.bindings[..bound_before].to_vec(),
+                    };
                     let outcome = Arc::new(
-                        run_exec(
-                            &self.engine,
-                            &prefix,
-                            &image,
-                            last.as_deref(),
-                            args.clone(),
-                            options.stdin.clone(),
-                            options.no_init,
-                        )
-                        .await?,
+                        run_exec(&self.engine, &prefix, &image, last.as_deref(), step).await?,
                     );
                     self.engine
                         .execs
@@ -263,6 +346,7 @@ impl Container {
         let container = Container {
             engine: self.engine.clone(),
             definition: resolved,
+            bindings: self.bindings.clone(),
         };
         Ok((container, image, last))
     }

@@ -11,6 +11,7 @@ use crate::bootstrap::Storage;
 use crate::definition::Definition;
 use crate::images::LocalImage;
 use crate::runtime::{self, RuntimeError, Stdio};
+use crate::service::{BoundServices, ServiceBinding};
 use crate::session::Engine;
 
 /// Errors from evaluating a definition.
@@ -26,6 +27,8 @@ pub enum ExecError {
     Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
     Definition(#[from] crate::definition::DefinitionError),
+    #[error(transparent)]
+    Service(Box<crate::service::ServiceError>),
     #[error("invalid image reference {reference:?}")]
     Reference {
         reference: String,
@@ -78,29 +81,43 @@ pub struct ExecOutcome {
     pub replaces_image: bool,
 }
 
+/// One exec step's command and what it runs with.
+pub(crate) struct ExecStep {
+    pub args: Vec<String>,
+    pub stdin: Option<String>,
+    pub no_init: bool,
+    /// Services bound before the step; with any, the step joins the network sandbox.
+    pub bindings: Vec<ServiceBinding>,
+}
+
 /// Runs the exec step that ends `prefix`, on the layers `before` left.
 pub(crate) async fn run_exec(
     engine: &Arc<Engine>,
     prefix: &Definition,
     image: &LocalImage,
     before: Option<&ExecOutcome>,
-    args: Vec<String>,
-    stdin: Option<String>,
-    no_init: bool,
+    step: ExecStep,
 ) -> Result<ExecOutcome, ExecError> {
+    let ExecStep {
+        args,
+        stdin,
+        no_init,
+        bindings,
+    } = step;
     let key = prefix.digest()?;
-    let (mut effective_image, extra) = match before {
-        Some(outcome) if outcome.replaces_image => {
-            (image_without_layers(image), outcome.layers.clone())
-        }
-        Some(outcome) => (image.clone(), outcome.layers.clone()),
-        None => (image.clone(), Vec::new()),
-    };
-    effective_image.warnings = Default::default();
+    let (effective_image, extra) = layers_after(image, before);
 
-    // TODO: exec steps join the network sandbox once services can be bound to them; until
-    // then they run with loopback only, like `mayfly run --network none`.
+    // A step with bindings joins the sandbox; one without keeps loopback only, like
+    // `mayfly run --network none`.
+    let bound = BoundServices::acquire(&bindings)
+        .await
+        .map_err(|error| ExecError::Service(Box::new(error)))?;
+    let network = match bound.is_empty() {
+        true => None,
+        false => Some(engine.network().await?),
+    };
     let request = ProcessRequest {
+        resolv_conf: network.map(|network| network.resolv_conf()),
         args: Some(args.clone()),
         no_init,
         stdin: if stdin.is_some() {
@@ -129,7 +146,18 @@ pub(crate) async fn run_exec(
     )?;
 
     tracing::info!(command = ?args, "running exec step");
+    let hostname = spec.oci.hostname().clone().unwrap_or_default();
     let mut process = runtime::spawn(&spec)?;
+    let link = match network {
+        Some(network) => {
+            let link = network.attach(process.pid(), &hostname)?;
+            bound
+                .register_aliases(network.dns().registry(), link.address())
+                .map_err(|error| ExecError::Service(Box::new(error)))?;
+            Some(link)
+        }
+        None => None,
+    };
     let stdin_pipe = process.take_stdin();
     let stdout_pipe = process.take_stdout();
     let stderr_pipe = process.take_stderr();
@@ -145,7 +173,14 @@ pub(crate) async fn run_exec(
     });
     let stdout_reader = std::thread::spawn(move || read_all(stdout_pipe));
     let stderr_reader = std::thread::spawn(move || read_all(stderr_pipe));
-    let status = process.wait().await?;
+    let status = tokio::select! {
+        status = process.wait() => status?,
+        error = bound.first_exit() => {
+            let _ = process.signal(nix::sys::signal::Signal::SIGKILL);
+            return Err(ExecError::Service(Box::new(error)));
+        }
+    };
+    drop(link);
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }
@@ -192,11 +227,25 @@ pub(crate) async fn run_exec(
     })
 }
 
-fn image_without_layers(image: &LocalImage) -> LocalImage {
-    LocalImage {
-        layer_dirs: Vec::new(),
-        ..image.clone()
-    }
+/// Returns the image and the extra layers that a container after the exec step `before`
+/// starts from.
+pub(crate) fn layers_after(
+    image: &LocalImage,
+    before: Option<&ExecOutcome>,
+) -> (LocalImage, Vec<PathBuf>) {
+    let (mut effective_image, extra) = match before {
+        Some(outcome) if outcome.replaces_image => (
+            LocalImage {
+                layer_dirs: Vec::new(),
+                ..image.clone()
+            },
+            outcome.layers.clone(),
+        ),
+        Some(outcome) => (image.clone(), outcome.layers.clone()),
+        None => (image.clone(), Vec::new()),
+    };
+    effective_image.warnings = Default::default();
+    (effective_image, extra)
 }
 
 fn read_all(pipe: Option<std::fs::File>) -> std::io::Result<String> {

@@ -122,7 +122,9 @@ impl Settings {
             Change::Exec { .. }
             | Change::ExposedPort(_)
             | Change::WithoutExposedPort { .. }
-            | Change::Label { .. } => {}
+            | Change::Label { .. }
+            | Change::ServiceBinding { .. }
+            | Change::Service(_) => {}
         }
         Ok(())
     }

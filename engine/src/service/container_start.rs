@@ -1,0 +1,216 @@
+//! Starting a container as a service: run it on the bridge under its hostname, follow its
+//! output, hand its resources to a driver task, and wait until it is healthy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use super::binding::BoundServices;
+use super::error::ServiceError;
+use super::health::{self, PortProblem};
+use super::instance::{Instance, InstanceControl, StopMode};
+use super::output::{OutputLog, Stream};
+use super::ports;
+use super::{HealthSettings, ServiceCommand};
+use crate::container::{exec, prepare, Container, ProcessRequest};
+use crate::definition::Change;
+use crate::network::ContainerLink;
+use crate::runtime::{self, ContainerProcess, ExitStatus, Stdio};
+use crate::session::Engine;
+use mayfly_image::layers::LayerHold;
+
+/// How long a stopped service's output may take to reach its end.
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// Starts `container` as the service `hostname` and returns once it is healthy.
+pub(super) async fn start(
+    engine: &Arc<Engine>,
+    container: &Container,
+    command: &ServiceCommand,
+    hostname: &str,
+    health: &HealthSettings,
+) -> Result<Arc<Instance>, ServiceError> {
+    let (resolved, image, last) = container.evaluate().await?;
+    let definition = resolved.definition().with(Change::Service(command.clone()));
+    let name = definition.base.reference.clone();
+    let exposed = ports::exposed_ports(&image.config, &definition);
+    let bound = BoundServices::acquire(container.bindings()).await?;
+    let network = engine.network().await?;
+
+    // Arguments without the entrypoint replace the whole command line, as exec steps do.
+    let mut run_definition = definition.clone();
+    let args = match command.args.is_empty() {
+        true => None,
+        false => {
+            if !command.use_entrypoint {
+                run_definition = run_definition.with(Change::Entrypoint { args: Vec::new() });
+            }
+            Some(command.args.clone())
+        }
+    };
+    let request = ProcessRequest {
+        args,
+        no_init: command.no_init,
+        hostname: Some(hostname.to_owned()),
+        resolv_conf: Some(network.resolv_conf()),
+        stdout: Stdio::Piped,
+        stderr: Stdio::Piped,
+        ..ProcessRequest::default()
+    };
+    let (effective_image, extra) = exec::layers_after(&image, last.as_deref());
+    let holds = engine.images().hold(&image)?;
+    let spec = prepare(
+        engine.bootstrap(),
+        &engine.files_dir(),
+        &run_definition,
+        &effective_image,
+        &extra,
+        request,
+    )?;
+
+    tracing::info!(service = %name, %hostname, "starting service container");
+    let mut process = tokio::task::spawn_blocking(move || runtime::spawn(&spec))
+        .await
+        .expect("the container spawn task panicked")?;
+    let link = network.attach(process.pid(), hostname)?;
+    bound.register_aliases(network.dns().registry(), link.address())?;
+    let output = Arc::new(OutputLog::default());
+    if let Some(pipe) = process.take_stdout() {
+        output.follow(pipe, Stream::Stdout);
+    }
+    if let Some(pipe) = process.take_stderr() {
+        output.follow(pipe, Stream::Stderr);
+    }
+    let process = tokio::task::spawn_blocking(move || process.start().map(|()| process))
+        .await
+        .expect("the container start task panicked")?;
+
+    let pid = process.pid();
+    let (instance, control) =
+        Instance::new(name, hostname.to_owned(), link.address(), exposed, output);
+    let held = Held {
+        process,
+        link,
+        _holds: holds,
+        bound,
+    };
+    tokio::spawn(drive(
+        held,
+        control,
+        instance.clone(),
+        engine.config().stop_timeout,
+    ));
+
+    match wait_healthy(engine, &instance, pid, health).await {
+        Ok(()) => {
+            tracing::info!(service = %instance.name, hostname = %instance.hostname, "service is healthy");
+            Ok(instance)
+        }
+        Err(error) => {
+            instance.request_stop(StopMode::Kill);
+            instance.exited().await;
+            Err(error)
+        }
+    }
+}
+
+/// What a running service holds until it stops.
+struct Held {
+    process: ContainerProcess,
+    link: ContainerLink,
+    _holds: Vec<LayerHold>,
+    bound: BoundServices,
+}
+
+enum Ending {
+    Exited(Result<ExitStatus, runtime::RuntimeError>),
+    Stop(StopMode),
+    BoundExited(ServiceError),
+}
+
+/// Owns the service's process until it exits or is stopped, then releases everything and
+/// reports the exit status.
+async fn drive(
+    mut held: Held,
+    control: InstanceControl,
+    instance: Arc<Instance>,
+    stop_timeout: Duration,
+) {
+    let InstanceControl { stop, exited } = control;
+    let ending = tokio::select! {
+        status = held.process.wait() => Ending::Exited(status),
+        // A dropped sender means the instance handle is gone: nobody can use the service.
+        mode = stop => Ending::Stop(mode.unwrap_or(StopMode::Kill)),
+        error = held.bound.first_exit() => Ending::BoundExited(error),
+    };
+    let status = match ending {
+        Ending::Exited(status) => {
+            if let Ok(status) = &status {
+                tracing::warn!(service = %instance.name, hostname = %instance.hostname, %status, "service exited on its own");
+            }
+            status
+        }
+        Ending::Stop(StopMode::Graceful) => held.process.kill_after(stop_timeout).await,
+        Ending::Stop(StopMode::Kill) => {
+            let _ = held.process.signal(Signal::SIGKILL);
+            held.process.wait().await
+        }
+        Ending::BoundExited(error) => {
+            tracing::warn!(service = %instance.name, %error, "stopping a service whose bound service exited");
+            held.process.kill_after(stop_timeout).await
+        }
+    };
+    let status = status.unwrap_or_else(|error| {
+        tracing::warn!(service = %instance.name, %error, "failed to wait for a service container");
+        ExitStatus::Signaled(libc::SIGKILL)
+    });
+
+    instance.output.drained(OUTPUT_DRAIN_LIMIT).await;
+    let Held { process, link, .. } = held;
+    drop(link);
+    let removed = tokio::task::spawn_blocking(move || process.remove()).await;
+    if let Ok(Err(error)) = removed {
+        tracing::warn!(service = %instance.name, %error, "failed to remove a service container");
+    }
+    let _ = exited.send(Some(status));
+}
+
+/// Waits until every checked port of the instance accepts connections, failing at once
+/// when the instance exits first.
+async fn wait_healthy(
+    engine: &Arc<Engine>,
+    instance: &Arc<Instance>,
+    pid: i32,
+    health: &HealthSettings,
+) -> Result<(), ServiceError> {
+    let deadline_length = health.deadline.unwrap_or(engine.config().health_deadline);
+    let deadline = Instant::now() + deadline_length;
+    let sandbox = engine.network().await?.sandbox().clone();
+    let checked = health::checked_ports(&instance.ports);
+    // TODO: run the command check of `health.check` or the image's HEALTHCHECK instead.
+    let ports = health::wait_for_ports(&sandbox, instance.address, &checked, Some(pid), deadline);
+
+    let service = || instance.name.clone();
+    tokio::select! {
+        status = instance.exited() => Err(ServiceError::ExitedDuringStart {
+            service: service(),
+            status,
+            output: instance.output.tail(),
+        }),
+        result = ports => result.map_err(|problem| match problem {
+            PortProblem::NotListening { port } => ServiceError::NotListening {
+                service: service(),
+                port,
+                deadline: deadline_length,
+                output: instance.output.tail(),
+            },
+            PortProblem::LoopbackOnly { port } => ServiceError::LoopbackOnly {
+                service: service(),
+                port,
+                output: instance.output.tail(),
+            },
+        }),
+    }
+}

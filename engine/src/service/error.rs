@@ -1,0 +1,103 @@
+//! Errors of services and their clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::runtime::ExitStatus;
+
+/// Errors from starting, checking, binding or stopping a service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Exec(#[from] crate::container::ExecError),
+    #[error(transparent)]
+    Container(#[from] crate::container::ContainerError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    #[error(transparent)]
+    Images(#[from] crate::images::ImagesError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
+    Definition(#[from] crate::definition::DefinitionError),
+    #[error("service {service}: {source}")]
+    Sandbox {
+        service: String,
+        #[source]
+        source: mayfly_netns::SandboxError,
+    },
+    #[error("service {service}: {source}")]
+    Tunnel {
+        service: String,
+        #[source]
+        source: mayfly_netns::TunnelError,
+    },
+    #[error("service {service}: {source}")]
+    Dns {
+        service: String,
+        #[source]
+        source: mayfly_netns::DnsError,
+    },
+    #[error(
+        "service {service} exited with {status} before it was ready; its output ends with:\n{output}"
+    )]
+    ExitedDuringStart {
+        service: String,
+        status: ExitStatus,
+        output: String,
+    },
+    #[error(
+        "service {service} did not accept connections on port {port} within {deadline:?}; \
+         check that it listens on that port, or raise the deadline (--health-deadline); \
+         its output ends with:\n{output}"
+    )]
+    NotListening {
+        service: String,
+        port: u16,
+        deadline: Duration,
+        output: String,
+    },
+    #[error(
+        "service {service} listens on port {port} only on its loopback address, so no other \
+         container can reach it; make it listen on 0.0.0.0 (all addresses); its output ends \
+         with:\n{output}"
+    )]
+    LoopbackOnly {
+        service: String,
+        port: u16,
+        output: String,
+    },
+    #[error(
+        "service {service}, bound as {alias:?}, exited with {status} while its client ran; \
+         its output ends with:\n{output}"
+    )]
+    BoundServiceExited {
+        service: String,
+        alias: String,
+        status: ExitStatus,
+        output: String,
+    },
+    #[error(
+        "invalid --host-service {value:?}: {reason}; write ALIAS=tcp://HOST:PORT[,udp://HOST:PORT]"
+    )]
+    InvalidHostService { value: String, reason: String },
+    #[error("invalid service alias {alias:?}: {reason}")]
+    InvalidAlias { alias: String, reason: &'static str },
+    #[error("host service {host:?} cannot be resolved on this host; use an address or a name in /etc/hosts")]
+    UnknownHost {
+        host: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
+    #[error("port {port} is not exposed by service {service}; its ports are: {ports}")]
+    UnknownPort {
+        service: String,
+        port: u16,
+        ports: String,
+    },
+    #[error("service {service} exposes no port; give one with with_exposed_port (or --expose)")]
+    NoPorts { service: String },
+    /// The same failure, reported to each client that waited on one start.
+    #[error(transparent)]
+    Shared(Arc<ServiceError>),
+}
