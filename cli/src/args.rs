@@ -30,6 +30,9 @@ pub enum Command {
     Logout(LogoutArgs),
     /// Run a command in a new container.
     Run(Box<RunArgs>),
+    /// Run a container as a service: wait until it is healthy, publish its ports on the host
+    /// and forward until Ctrl-C.
+    Up(Box<UpArgs>),
     /// Manage mayfly's own state.
     #[command(subcommand)]
     System(SystemCommand),
@@ -99,11 +102,9 @@ pub struct LogoutArgs {
     pub registry: Option<String>,
 }
 
+/// Flags that shape the container, shared by `run` and `up`.
 #[derive(Debug, Args)]
-pub struct RunArgs {
-    /// Accepted for compatibility with `docker run --rm`: mayfly always removes the container.
-    #[arg(long)]
-    pub rm: bool,
+pub struct ContainerFlags {
     /// Set an environment variable, as KEY=VALUE, or KEY to copy it from mayfly's environment.
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -125,12 +126,6 @@ pub struct RunArgs {
     /// Write a file into the container before it starts, as PATH=CONTENT.
     #[arg(long = "new-file", value_name = "PATH=CONTENT")]
     pub new_files: Vec<String>,
-    /// Keep standard input open and pass it to the container.
-    #[arg(long, short = 'i')]
-    pub interactive: bool,
-    /// Allocate a pseudo-terminal for the container.
-    #[arg(long, short = 't')]
-    pub tty: bool,
     /// Run the command as PID 1 instead of under mayfly's small init.
     #[arg(long)]
     pub no_init: bool,
@@ -145,8 +140,36 @@ pub struct RunArgs {
         value_name = "[ADDR:]HOSTPORT:CONTAINERPORT[/udp]"
     )]
     pub publish: Vec<String>,
+    /// Make a service on the host reachable from the container as ALIAS.
+    #[arg(
+        long = "host-service",
+        value_name = "ALIAS=tcp://HOST:PORT[,udp://HOST:PORT]"
+    )]
+    pub host_services: Vec<String>,
+    /// Bind a service of the compose file (-f) as ALIAS; it starts before the container runs.
+    #[arg(long = "service", value_name = "ALIAS=SERVICE")]
+    pub services: Vec<String>,
+    /// Compose file that --service names services from (default: compose.yaml and the
+    /// other usual names in the current directory).
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    pub compose_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Accepted for compatibility with `docker run --rm`: mayfly always removes the container.
+    #[arg(long)]
+    pub rm: bool,
+    #[command(flatten)]
+    pub container: ContainerFlags,
+    /// Keep standard input open and pass it to the container.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal for the container.
+    #[arg(long, short = 't')]
+    pub tty: bool,
     /// Network: `sandbox` joins the bridge with its DNS responder; `none` keeps loopback only.
-    /// `auto` joins the bridge when the container publishes ports.
+    /// `auto` joins the bridge when the container publishes ports or binds services.
     #[arg(long, value_enum, default_value_t = NetworkMode::Auto)]
     pub network: NetworkMode,
     /// Container hostname (default: a name derived from the container).
@@ -162,6 +185,35 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub image_and_command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub container: ContainerFlags,
+    /// Offer a port to clients; a TCP port must accept connections before mayfly reports the
+    /// service up. Without -p, every exposed port is published on 127.0.0.1 under its number.
+    #[arg(long, value_name = "PORT[/udp]")]
+    pub expose: Vec<String>,
+    /// The image, then the command and its arguments (default: the image's Cmd).
+    #[arg(
+        value_name = "IMAGE [COMMAND [ARG...]]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub image_and_command: Vec<String>,
+}
+
+impl UpArgs {
+    pub fn image(&self) -> &str {
+        &self.image_and_command[0]
+    }
+
+    pub fn command(&self) -> &[String] {
+        &self.image_and_command[1..]
+    }
 }
 
 impl RunArgs {

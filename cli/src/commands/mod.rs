@@ -1,10 +1,12 @@
 //! One module per subcommand; `dispatch` enters the engine's namespaces first when needed.
 
+mod container_flags;
 mod images;
 mod login;
 mod pull;
 mod run;
 mod system;
+mod up;
 
 use std::process::ExitCode;
 
@@ -46,6 +48,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Rmi(args) => images::rmi(&engine, args),
             Command::Prune => images::prune(&engine),
             Command::Run(args) => run::run(&engine, *args).await,
+            Command::Up(args) => up::up(&engine, *args).await,
             Command::System(SystemCommand::Reset(args)) => system::reset(&engine, args),
             Command::Login(_) | Command::Logout(_) => unreachable!("handled above"),
         }

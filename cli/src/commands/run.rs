@@ -2,19 +2,20 @@
 //! streams, forward signals, and exit with the container's status.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use mayfly_engine::container::{self, ProcessRequest};
-use mayfly_engine::definition::{Change, Definition};
-use mayfly_engine::network::{self, PortMapping};
+use mayfly_engine::network;
 use mayfly_engine::runtime::{self, ContainerProcess, ProcessHandle, Stdio};
+use mayfly_engine::service::BoundServices;
 use mayfly_image::reference::Reference;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
 
+use super::container_flags;
 use super::pull::parse_platform;
 use crate::args::{NetworkMode, RunArgs};
 use crate::progress::PullProgress;
@@ -22,16 +23,19 @@ use mayfly_engine::Engine;
 
 mod terminal;
 
-pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(engine: &Arc<Engine>, args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.tty && !std::io::stdin().is_terminal() {
         bail!("-t needs a terminal, but standard input is not one: drop -t (keep -i to pass standard input)");
     }
     // Listen for signals before the container exists: a SIGTERM that arrives between its
     // start and the forwarder would otherwise end mayfly, and the container with it.
     let signals = Signals::listen()?;
+    let flags = &args.container;
     let reference = Reference::parse(args.image())?;
-    let platform = parse_platform(args.platform.as_deref())?;
-    let definition = definition_from_args(&args)?;
+    let platform = parse_platform(flags.platform.as_deref())?;
+    let definition = container_flags::definition(flags, args.image())?;
+    let publish = container_flags::port_mappings(flags)?;
+    let bindings = container_flags::bindings(engine, flags)?;
 
     let images = engine.images();
     let image = images
@@ -44,20 +48,19 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let publish: Vec<PortMapping> = args
-        .publish
-        .iter()
-        .map(|spec| spec.parse())
-        .collect::<Result<_, _>>()?;
-    // TODO: make `auto` join the bridge for service bindings too, once they exist.
     let joins_sandbox = match args.network {
         NetworkMode::Sandbox => true,
-        NetworkMode::Auto => !publish.is_empty(),
+        NetworkMode::Auto => !publish.is_empty() || !bindings.is_empty(),
         NetworkMode::None if !publish.is_empty() => {
             bail!("--publish needs the network sandbox, but --network none was given")
         }
+        NetworkMode::None if !bindings.is_empty() => {
+            bail!("--host-service and --service need the network sandbox, but --network none was given")
+        }
         NetworkMode::None => false,
     };
+    // Bound services start (or are joined) and turn healthy before the container runs.
+    let bound = BoundServices::acquire(&bindings).await?;
     let request = ProcessRequest {
         args: (!args.command().is_empty()).then(|| args.command().to_vec()),
         resolv_conf: match joins_sandbox {
@@ -65,7 +68,7 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
             false => None,
         },
         tty: args.tty,
-        no_init: args.no_init,
+        no_init: flags.no_init,
         hostname: args.hostname.clone(),
         stdin: if args.interactive {
             Stdio::Inherit
@@ -98,7 +101,12 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("the container spawn task panicked")??;
     let link = match network {
-        Some(network) => Some(network?.attach(process.pid(), &hostname)?),
+        Some(network) => {
+            let network = network?;
+            let link = network.attach(process.pid(), &hostname)?;
+            bound.register_aliases(network.dns().registry(), link.address())?;
+            Some(link)
+        }
         None => None,
     };
     let mut published = Vec::new();
@@ -122,11 +130,21 @@ pub async fn run(engine: &Engine, args: RunArgs) -> anyhow::Result<ExitCode> {
     .await
     .context("the container start task panicked")??;
 
-    let status = supervise(process, signals, args.tty, engine.config().stop_timeout).await?;
+    let outcome = supervise(
+        process,
+        signals,
+        args.tty,
+        engine.config().stop_timeout,
+        &bound,
+    )
+    .await;
     drop(published);
     if let Some(link) = link {
         link.leave_to_session_end();
     }
+    drop(bound);
+    engine.stop_services().await;
+    let status = outcome?;
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
 }
 
@@ -137,6 +155,7 @@ async fn supervise(
     signals: Signals,
     tty: bool,
     stop_timeout: Duration,
+    bound: &BoundServices,
 ) -> anyhow::Result<i32> {
     let handle = process.handle();
     let terminal = match (tty, process.take_tty()) {
@@ -144,8 +163,21 @@ async fn supervise(
         _ => None,
     };
 
-    let forwarder = tokio::spawn(forward_signals(signals, handle, stop_timeout));
-    let status = process.wait().await;
+    let forwarder = tokio::spawn(forward_signals(signals, handle.clone(), stop_timeout));
+    // A bound service that stops takes its client down with it.
+    let status = tokio::select! {
+        status = process.wait() => status,
+        error = bound.first_exit() => {
+            forwarder.abort();
+            drop(terminal);
+            let _ = handle.signal(Signal::SIGKILL);
+            let _ = process.wait().await;
+            if let Err(error) = process.remove() {
+                tracing::warn!(%error, "failed to remove the container's state");
+            }
+            return Err(error.into());
+        }
+    };
     forwarder.abort();
     drop(terminal);
     let status = status?;
@@ -157,7 +189,7 @@ async fn supervise(
 }
 
 /// The signals mayfly passes on to the container.
-struct Signals {
+pub(super) struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
@@ -165,7 +197,16 @@ struct Signals {
 }
 
 impl Signals {
-    fn listen() -> anyhow::Result<Self> {
+    /// Resolves at the next SIGINT, SIGTERM or SIGHUP.
+    pub(super) async fn stop_requested(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.interrupt.recv() => Signal::SIGINT,
+            _ = self.terminate.recv() => Signal::SIGTERM,
+            _ = self.hangup.recv() => Signal::SIGHUP,
+        }
+    }
+
+    pub(super) fn listen() -> anyhow::Result<Self> {
         let listen = |kind| signal(kind).context("failed to install a signal handler");
         Ok(Self {
             interrupt: listen(SignalKind::interrupt())?,
@@ -201,99 +242,4 @@ async fn forward_signals(
             });
         }
     }
-}
-
-/// Turns the run flags into definition changes, in the order Docker applies them.
-fn definition_from_args(args: &RunArgs) -> anyhow::Result<Definition> {
-    let mut definition = Definition::from_reference(args.image());
-    definition.base.platform = args.platform.clone();
-
-    if let Some(workdir) = &args.workdir {
-        if !workdir.starts_with('/') {
-            bail!("invalid --workdir {workdir:?}: the working directory must be an absolute path");
-        }
-        definition = definition.with(Change::Workdir {
-            path: workdir.clone(),
-        });
-    }
-    for pair in &args.env {
-        let (name, value) = match pair.split_once('=') {
-            Some((name, value)) => (name.to_owned(), value.to_owned()),
-            // `-e NAME` copies the variable from mayfly's environment, if it is set.
-            None => match std::env::var(pair) {
-                Ok(value) => (pair.clone(), value),
-                Err(_) => continue,
-            },
-        };
-        if name.is_empty() {
-            bail!("invalid --env {pair:?}: the variable name is empty; write NAME=VALUE");
-        }
-        definition = definition.with(Change::Env { name, value });
-    }
-    if let Some(user) = &args.user {
-        definition = definition.with(Change::User { user: user.clone() });
-    }
-    if let Some(entrypoint) = &args.entrypoint {
-        let args = if entrypoint.is_empty() {
-            Vec::new()
-        } else {
-            vec![entrypoint.clone()]
-        };
-        definition = definition.with(Change::Entrypoint { args });
-    }
-    for volume in &args.volumes {
-        definition = definition.with(parse_volume(volume)?);
-    }
-    for tmpfs in &args.tmpfs {
-        let (path, options) = tmpfs.split_once(':').unwrap_or((tmpfs, ""));
-        if !path.starts_with('/') {
-            bail!("invalid --tmpfs {tmpfs:?}: the mount point must be an absolute path");
-        }
-        let options = options
-            .split(',')
-            .filter(|option| !option.is_empty())
-            .map(str::to_owned)
-            .collect();
-        definition = definition.with(Change::Tmpfs {
-            path: path.to_owned(),
-            options,
-        });
-    }
-    for file in &args.new_files {
-        let Some((path, contents)) = file.split_once('=') else {
-            bail!("invalid --new-file {file:?}: write PATH=CONTENT");
-        };
-        definition = definition.with(Change::NewFile {
-            path: path.to_owned(),
-            contents: contents.to_owned(),
-            permissions: 0o644,
-        });
-    }
-    Ok(definition)
-}
-
-/// Parses `HOSTPATH:PATH[:ro|:rw]` and checks that the host path can be used.
-fn parse_volume(volume: &str) -> anyhow::Result<Change> {
-    let parts: Vec<&str> = volume.split(':').collect();
-    let (host, container, read_only) = match parts.as_slice() {
-        [host, container] => (*host, *container, false),
-        [host, container, "ro"] => (*host, *container, true),
-        [host, container, "rw"] => (*host, *container, false),
-        _ => bail!("invalid --volume {volume:?}: write HOSTPATH:PATH, HOSTPATH:PATH:ro or HOSTPATH:PATH:rw"),
-    };
-    if !container.starts_with('/') {
-        bail!("invalid --volume {volume:?}: the container path {container:?} must be absolute");
-    }
-    let host_path = PathBuf::from(host);
-    if !host_path.is_absolute() {
-        bail!("invalid --volume {volume:?}: the host path {host:?} must be absolute");
-    }
-    std::fs::metadata(&host_path).with_context(|| {
-        format!("invalid --volume {volume:?}: the host path {host} cannot be read; create it or fix the path")
-    })?;
-    Ok(Change::MountedDirectory {
-        path: container.to_owned(),
-        source: host.to_owned(),
-        read_only,
-    })
 }
