@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use mayfly_engine::container::{self, ProcessRequest};
-use mayfly_engine::network;
+use mayfly_engine::definition::Definition;
+use mayfly_engine::network::{self, PortMapping};
 use mayfly_engine::runtime::{self, ContainerProcess, ProcessHandle, Stdio};
-use mayfly_engine::service::BoundServices;
+use mayfly_engine::service::{BoundServices, ServiceBinding};
 use mayfly_image::reference::Reference;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,18 +25,57 @@ use mayfly_engine::Engine;
 mod terminal;
 
 pub async fn run(engine: &Arc<Engine>, args: RunArgs) -> anyhow::Result<ExitCode> {
-    if args.tty && !std::io::stdin().is_terminal() {
+    let flags = &args.container;
+    let plan = RunPlan {
+        reference: Reference::parse(args.image())?,
+        platform: parse_platform(flags.platform.as_deref())?,
+        definition: container_flags::definition(flags, args.image())?,
+        command: args.command().to_vec(),
+        publish: container_flags::port_mappings(flags)?,
+        bindings: container_flags::bindings(engine, flags)?,
+        network: args.network,
+        hostname: args.hostname.clone(),
+        interactive: args.interactive,
+        tty: args.tty,
+        no_init: flags.no_init,
+    };
+    run_plan(engine, plan).await
+}
+
+/// Everything one container run needs, from `run`'s flags or from a compose service.
+pub(super) struct RunPlan {
+    pub reference: Reference,
+    pub platform: Option<mayfly_image::platform::Platform>,
+    pub definition: Definition,
+    /// Arguments after the entrypoint; empty runs the default command.
+    pub command: Vec<String>,
+    pub publish: Vec<PortMapping>,
+    pub bindings: Vec<ServiceBinding>,
+    pub network: NetworkMode,
+    pub hostname: Option<String>,
+    pub interactive: bool,
+    pub tty: bool,
+    pub no_init: bool,
+}
+
+/// Runs the container of `plan` with the caller's standard streams, after its bound services
+/// are healthy, and stops every service of the session afterwards.
+pub(super) async fn run_plan(engine: &Arc<Engine>, plan: RunPlan) -> anyhow::Result<ExitCode> {
+    if plan.tty && !std::io::stdin().is_terminal() {
         bail!("-t needs a terminal, but standard input is not one: drop -t (keep -i to pass standard input)");
     }
     // Listen for signals before the container exists: a SIGTERM that arrives between its
     // start and the forwarder would otherwise end mayfly, and the container with it.
     let signals = Signals::listen()?;
-    let flags = &args.container;
-    let reference = Reference::parse(args.image())?;
-    let platform = parse_platform(flags.platform.as_deref())?;
-    let definition = container_flags::definition(flags, args.image())?;
-    let publish = container_flags::port_mappings(flags)?;
-    let bindings = container_flags::bindings(engine, flags)?;
+    let RunPlan {
+        reference,
+        platform,
+        definition,
+        command,
+        publish,
+        bindings,
+        ..
+    } = plan;
 
     let images = engine.images();
     let image = images
@@ -48,7 +88,7 @@ pub async fn run(engine: &Arc<Engine>, args: RunArgs) -> anyhow::Result<ExitCode
         );
     }
 
-    let joins_sandbox = match args.network {
+    let joins_sandbox = match plan.network {
         NetworkMode::Sandbox => true,
         NetworkMode::Auto => !publish.is_empty() || !bindings.is_empty(),
         NetworkMode::None if !publish.is_empty() => {
@@ -62,15 +102,15 @@ pub async fn run(engine: &Arc<Engine>, args: RunArgs) -> anyhow::Result<ExitCode
     // Bound services start (or are joined) and turn healthy before the container runs.
     let bound = BoundServices::acquire(&bindings).await?;
     let request = ProcessRequest {
-        args: (!args.command().is_empty()).then(|| args.command().to_vec()),
+        args: (!command.is_empty()).then_some(command),
         resolv_conf: match joins_sandbox {
             true => Some(network::resolv_conf(engine.config())?),
             false => None,
         },
-        tty: args.tty,
-        no_init: flags.no_init,
-        hostname: args.hostname.clone(),
-        stdin: if args.interactive {
+        tty: plan.tty,
+        no_init: plan.no_init,
+        hostname: plan.hostname.clone(),
+        stdin: if plan.interactive {
             Stdio::Inherit
         } else {
             Stdio::Null
@@ -133,7 +173,7 @@ pub async fn run(engine: &Arc<Engine>, args: RunArgs) -> anyhow::Result<ExitCode
     let outcome = supervise(
         process,
         signals,
-        args.tty,
+        plan.tty,
         engine.config().stop_timeout,
         &bound,
     )
