@@ -16,10 +16,16 @@
 //! the ready message; [`ContainerProcess::take_tty`] hands it out and
 //! [`ContainerProcess::resize_tty`] sets the window size (the kernel then sends SIGWINCH to
 //! the command). A front-end forwards its own SIGWINCH by calling `resize_tty`.
+//!
+//! Commands inside a running container: under the small init, the init socket stays open
+//! after start, and [`ProcessHandle::exec`] requests the init to fork a command next to the
+//! container's command, with the same namespaces, root, user and security settings, and to
+//! report its exit status and the tail of its output. Health checks use it.
 
 mod channel;
 pub mod copy;
 mod defaults;
+mod exec_in;
 mod init;
 mod launcher;
 pub mod overlay;
@@ -30,8 +36,10 @@ mod validate;
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub use defaults::{default_spec, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+pub use exec_in::ExecOutcome;
 pub use init::init_if_requested;
 pub use process::{ContainerProcess, ExitStatus, ProcessHandle};
 pub use spawn::spawn;
@@ -126,6 +134,41 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
+    /// A command was to run inside a container that has not started.
+    #[error("container {id} has not started yet; call start before running a command in it")]
+    NotStarted { id: String },
+    /// A command was to run inside a container whose command runs as PID 1.
+    #[error(
+        "container {id} runs without mayfly's init (no_init), and only the init can run a \
+         command inside a running container; start the container without --no-init"
+    )]
+    ExecWithoutInit { id: String },
+    /// The command to run inside the container is empty.
+    #[error("container {id}: the command to run inside the container is empty")]
+    ExecEmpty { id: String },
+    /// The init could not start the command.
+    #[error("container {id}: failed to run `{command}` inside the container: {message}")]
+    ExecFailed {
+        id: String,
+        command: String,
+        message: String,
+    },
+    /// The container exited before the command inside it finished.
+    #[error("container {id} exited before `{command}` inside it finished")]
+    ExecContainerExited { id: String, command: String },
+    /// The init did not report the end of the command in time.
+    #[error(
+        "container {id}: the init did not report the end of `{command}` within {waited:?}, \
+         so the container accepts no more commands; stop and restart it"
+    )]
+    ExecNoReply {
+        id: String,
+        command: String,
+        waited: Duration,
+    },
+    /// The init's socket was closed by an earlier failure or by the container's exit.
+    #[error("container {id} accepts no more commands because its init exited or lost contact")]
+    ExecClosed { id: String },
     /// Setting the terminal size failed.
     #[error("container {id}: failed to resize the terminal: {source}")]
     Tty {

@@ -13,6 +13,7 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use tokio::io::unix::AsyncFd;
 
 use super::channel::Channel;
+use super::exec_in::{self, ExecOutcome, ExecSlot};
 use super::spec::{FromInit, ToInit};
 use super::RuntimeError;
 use crate::state::ContainerDir;
@@ -60,12 +61,13 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// A cloneable handle that sends signals to a container's init, usable while another task
-/// waits on the [`ContainerProcess`].
+/// A cloneable handle that sends signals to a container's init and runs commands inside
+/// the container, usable while another task waits on the [`ContainerProcess`].
 #[derive(Clone, Debug)]
 pub struct ProcessHandle {
     id: Arc<str>,
     pidfd: Arc<OwnedFd>,
+    exec: Arc<ExecSlot>,
 }
 
 impl ProcessHandle {
@@ -83,6 +85,26 @@ impl ProcessHandle {
             }),
         }
     }
+
+    /// Runs `args` inside the running container and waits for it, like `docker exec`. The
+    /// small init forks the command with the container's namespaces, root file system,
+    /// user, capabilities, no_new_privs, seccomp filter, environment and working directory.
+    /// Standard input is `/dev/null`, and stdout and stderr are captured together.
+    ///
+    /// After `timeout` the init kills the command's process group with SIGKILL and the
+    /// outcome's `code` is `None`; the container keeps running. Requests to one container
+    /// run one at a time, in the order they arrive. A command that is not found exits with
+    /// 127, one that cannot be executed with 126. Fails when the container has not started,
+    /// runs without the init (`no_init`), or exits before the command ends. Must run inside
+    /// a tokio runtime, and the exchange with the init finishes on a blocking thread even
+    /// when the returned future is dropped.
+    pub async fn exec(
+        &self,
+        args: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        exec_in::exec(&self.exec, &self.id, args, timeout).await
+    }
 }
 
 /// A container started by [`super::spawn`]. Dropping it kills the container (SIGKILL to its
@@ -92,6 +114,7 @@ pub struct ContainerProcess {
     handle: ProcessHandle,
     pid: libc::pid_t,
     channel: Option<Channel>,
+    no_init: bool,
     started: bool,
     stdin: Option<File>,
     stdout: Option<File>,
@@ -116,6 +139,7 @@ impl ContainerProcess {
         pid: libc::pid_t,
         pidfd: OwnedFd,
         channel: Channel,
+        no_init: bool,
         streams: Streams,
         dir: ContainerDir,
     ) -> Self {
@@ -123,9 +147,11 @@ impl ContainerProcess {
             handle: ProcessHandle {
                 id: Arc::from(id),
                 pidfd: Arc::new(pidfd),
+                exec: Arc::new(ExecSlot::new()),
             },
             pid,
             channel: Some(channel),
+            no_init,
             started: false,
             stdin: streams.stdin,
             stdout: streams.stdout,
@@ -170,7 +196,7 @@ impl ContainerProcess {
         self.dir.as_ref().map(ContainerDir::path)
     }
 
-    /// Returns a handle to signal the container from another task.
+    /// Returns a handle to signal the container and run commands in it from another task.
     pub fn handle(&self) -> ProcessHandle {
         self.handle.clone()
     }
@@ -195,18 +221,31 @@ impl ContainerProcess {
         };
         channel.send(&ToInit::Start, None).map_err(lost)?;
 
-        // The init closes its end when it runs the command; a message means it failed.
+        // The small init reports started and keeps the socket for exec requests. Without
+        // it, the socket closes when the command is executed as PID 1.
         match channel.recv::<FromInit>().map_err(lost)? {
-            None => {
+            Some((FromInit::Started, _)) => {
                 tracing::info!(container = %id, pid = self.pid, "container started");
+                self.handle.exec.set_started(Some(channel));
+                Ok(())
+            }
+            None if self.no_init => {
+                tracing::info!(container = %id, pid = self.pid, "container started without init");
+                self.handle.exec.set_started(None);
+                Ok(())
+            }
+            None => {
+                // The init died before it could report, and wait() returns its status.
+                tracing::warn!(container = %id, pid = self.pid, "the init closed its socket without reporting the start");
+                self.handle.exec.close();
                 Ok(())
             }
             Some((FromInit::Failed { message }, _)) => {
                 Err(RuntimeError::InitFailed { id, message })
             }
-            Some((FromInit::Ready, _)) => Err(RuntimeError::InitFailed {
+            Some((other, _)) => Err(RuntimeError::InitFailed {
                 id,
-                message: "the init sent an unexpected ready message".to_owned(),
+                message: format!("the init sent an unexpected message {other:?} at start"),
             }),
         }
     }

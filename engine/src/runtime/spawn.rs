@@ -64,6 +64,7 @@ pub fn spawn(spec: &ContainerSpec) -> Result<ContainerProcess, RuntimeError> {
         launched.pid,
         launched.pidfd,
         Channel::new(engine_end),
+        spec.no_init,
         streams,
         dir,
     );
@@ -87,6 +88,10 @@ pub fn spawn(spec: &ContainerSpec) -> Result<ContainerProcess, RuntimeError> {
         Some((FromInit::Failed { message }, _)) => Err(RuntimeError::InitFailed {
             id: id.to_owned(),
             message,
+        }),
+        Some((other, _)) => Err(RuntimeError::InitFailed {
+            id: id.to_owned(),
+            message: format!("the init sent an unexpected message {other:?} instead of ready"),
         }),
         None => {
             let status = process.wait_blocking()?;

@@ -92,6 +92,27 @@ pub(crate) enum ToInit {
     Plan(Box<InitPlan>),
     /// Release the container: drop privileges and run the command.
     Start,
+    /// Run a command inside the running container (only under the small init).
+    Exec(ExecRequest),
+}
+
+/// A command to run inside the running container, next to its main command.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ExecRequest {
+    pub args: Vec<String>,
+    /// The init kills the command's process group with SIGKILL after this many milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The result of an exec request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ExecReply {
+    /// The exit status, 128+N when signal N killed it, or `None` when the timeout killed it.
+    pub code: Option<i32>,
+    /// The last bytes the command wrote to stdout and stderr, in the order written.
+    pub output: Vec<u8>,
+    /// Whether earlier output was dropped to keep `output` short.
+    pub truncated: bool,
 }
 
 /// Messages from the init to the engine.
@@ -100,6 +121,13 @@ pub(crate) enum FromInit {
     /// The root file system and namespaces are ready; with a terminal, the pseudo-terminal
     /// master travels with this message.
     Ready,
+    /// The command runs under the small init, which keeps the socket open for exec
+    /// requests. Without the init the socket closes instead, when the command is executed.
+    Started,
     /// A step failed; the init exits after sending this.
     Failed { message: String },
+    /// The command of an exec request ended.
+    ExecDone(ExecReply),
+    /// The init could not start the command of an exec request, and it keeps running.
+    ExecFailed { message: String },
 }

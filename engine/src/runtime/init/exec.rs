@@ -2,7 +2,7 @@
 //! found, 126 when it exists but cannot be executed.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -29,6 +29,19 @@ impl Command {
             args: process.args().clone().unwrap_or_default(),
             env: process.env().clone().unwrap_or_default(),
         }
+    }
+
+    /// Returns a command with `args` and this command's environment.
+    pub(super) fn with_args(&self, args: Vec<String>) -> Self {
+        Self {
+            args,
+            env: self.env.clone(),
+        }
+    }
+
+    /// Returns the argument vector.
+    pub(super) fn args(&self) -> &[String] {
+        &self.args
     }
 
     /// The command's `PATH`, or Docker's default when the environment has none.
@@ -109,6 +122,23 @@ pub(super) fn exec_as_pid1(command: &Command, terminal: Option<&OwnedFd>) -> ! {
                 command.args.first().map_or("", String::as_str),
                 &err.to_string(),
             );
+        }
+    }
+    exec(command)
+}
+
+/// Runs the command in a forked exec child: in a new session (its own process group, no
+/// controlling terminal), with standard input from `stdin` and both output streams to
+/// `output`.
+pub(super) fn exec_in_session(command: &Command, stdin: &OwnedFd, output: &OwnedFd) -> ! {
+    let name = command.args.first().map_or("", String::as_str);
+    if let Err(errno) = nix::unistd::setsid() {
+        fail(NOT_EXECUTABLE, name, errno.desc());
+    }
+    let streams = [(stdin, 0), (output, 1), (output, 2)];
+    for (fd, target) in streams {
+        if let Err(errno) = nix::unistd::dup2(fd.as_raw_fd(), target) {
+            fail(NOT_EXECUTABLE, name, errno.desc());
         }
     }
     exec(command)

@@ -8,10 +8,12 @@
 //!    namespace in between);
 //! 4. drop privileges and install seccomp ([`security`], [`seccomp`]);
 //! 5. run the command: exec it as PID 1 (`no_init`), or fork it under the small init
-//!    ([`reaper`]).
+//!    ([`reaper`]), which reports started, keeps the socket open and runs the engine's exec
+//!    requests ([`exec_child`]) until the command exits.
 
 mod devices;
 mod exec;
+mod exec_child;
 mod mounts;
 mod paths;
 mod reaper;
