@@ -20,8 +20,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use libtest_mimic::{Arguments, Failed, Trial};
 use mayfly_engine::bootstrap::{self, Bootstrap, BootstrapOptions, Storage};
+use mayfly_engine::health_check::{
+    wait_until_healthy, CommandHealthError, HealthCheck, HealthTest,
+};
 use mayfly_engine::runtime::{
-    self, ContainerProcess, ContainerSpec, ExitStatus, RuntimeError, Stdio,
+    self, ContainerProcess, ContainerSpec, ExecOutcome, ExitStatus, ProcessHandle, RuntimeError,
+    Stdio,
 };
 use nix::sys::signal::Signal;
 
@@ -96,6 +100,23 @@ fn trials() -> Vec<Trial> {
         ("single_id_map_forced", single_id_map_forced),
         ("engine_kill_leaves_nothing", engine_kill_leaves_nothing),
         ("parent_forwards_sigterm", parent_forwards_sigterm),
+        ("exec_sees_container", exec_sees_container),
+        ("exec_as_container_user", exec_as_container_user),
+        ("exec_exit_codes", exec_exit_codes),
+        ("exec_timeout_kills_group", exec_timeout_kills_group),
+        ("exec_status_apart_from_main", exec_status_apart_from_main),
+        (
+            "exec_ends_when_container_exits",
+            exec_ends_when_container_exits,
+        ),
+        ("exec_needs_started_init", exec_needs_started_init),
+        ("health_check_turns_healthy", health_check_turns_healthy),
+        (
+            "health_check_fails_after_retries",
+            health_check_fails_after_retries,
+        ),
+        ("health_check_probe_timeout", health_check_probe_timeout),
+        ("health_check_deadline", health_check_deadline),
     ];
     tests
         .into_iter()
@@ -475,7 +496,12 @@ fn exit_statuses() -> Result<()> {
 
 /// Starts a script that prints "ready" once its trap is set, and waits for that line.
 fn start_trapping(script: &str) -> Result<(ContainerProcess, BufReader<std::fs::File>)> {
-    let mut process = runtime::spawn(&sh(script))?;
+    start_until_ready(&sh(script))
+}
+
+/// Starts a container whose command prints "ready" once set up, and waits for that line.
+fn start_until_ready(spec: &ContainerSpec) -> Result<(ContainerProcess, BufReader<std::fs::File>)> {
+    let mut process = runtime::spawn(spec)?;
     process.start()?;
     let mut stdout = BufReader::new(process.take_stdout().context("stdout")?);
     let mut line = String::new();
@@ -948,4 +974,388 @@ fn scenario_victim() -> Result<()> {
     std::io::stdout().flush()?;
     process.wait_blocking()?;
     bail!("the container exited although nobody killed it")
+}
+
+// ----- commands inside a running container, and health checks -----
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Runs `args` in the container behind `handle` from a fresh tokio runtime.
+fn exec_in(handle: &ProcessHandle, args: &[&str], timeout: Duration) -> Result<ExecOutcome> {
+    Ok(tokio_runtime()?.block_on(handle.exec(strings(args), timeout))?)
+}
+
+const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Returns a container spec that sleeps until the test removes it.
+fn sleeper() -> ContainerSpec {
+    sh("echo ready; exec sleep 100")
+}
+
+fn exec_sees_container() -> Result<()> {
+    let mut spec = sh("echo inside > /tmp/marker; echo ready; exec sleep 100");
+    spec.oci.set_hostname(Some("box7".to_owned()));
+    let process = spec.oci.process_mut().as_mut().context("process")?;
+    process.set_env(Some(vec!["PATH=/bin".into(), "FOO=bar baz".into()]));
+    process.set_cwd("/srv".into());
+    let (mut container, _stdout) = start_until_ready(&spec)?;
+
+    let script = "hostname; cat /tmp/marker; id -u; pwd; echo \"$FOO\"; \
+                  tr '\\0' ' ' < /proc/1/cmdline; echo; \
+                  grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+                  echo to-stderr >&2";
+    let outcome = exec_in(&container.handle(), &["sh", "-c", script], EXEC_TIMEOUT)?;
+    assert_eq!(outcome.code, Some(0), "output: {}", outcome.output);
+    let lines: Vec<&str> = outcome.output.lines().map(str::trim_end).collect();
+    assert_eq!(lines.first(), Some(&"box7"), "hostname");
+    assert_eq!(lines.get(1), Some(&"inside"), "root file system");
+    assert_eq!(lines.get(2), Some(&"0"), "uid");
+    assert_eq!(lines.get(3), Some(&"/srv"), "working directory");
+    assert_eq!(lines.get(4), Some(&"bar baz"), "environment");
+    assert_eq!(lines.get(5), Some(&"mayfly-init"), "PID namespace");
+    let status = outcome.output.as_str();
+    assert_eq!(status_field(status, "CapEff").as_deref(), Some(DOCKER_CAPS));
+    assert_eq!(status_field(status, "NoNewPrivs").as_deref(), Some("1"));
+    assert_eq!(status_field(status, "Seccomp").as_deref(), Some("2"));
+    assert_eq!(lines.last(), Some(&"to-stderr"), "stderr captured");
+    assert!(!outcome.truncated);
+    assert_eq!(container.try_wait()?, None, "the container stopped");
+    container.remove()?;
+    Ok(())
+}
+
+fn exec_as_container_user() -> Result<()> {
+    if engine().bootstrap.id_mapping().contiguous_uids() < 1001 {
+        println!("skipped: the engine has a single-ID map");
+        return Ok(());
+    }
+    let mut spec = sleeper();
+    let user = oci_spec::runtime::UserBuilder::default()
+        .uid(1000u32)
+        .gid(1000u32)
+        .additional_gids(vec![1000u32, 5])
+        .build()?;
+    spec.oci
+        .process_mut()
+        .as_mut()
+        .context("process")?
+        .set_user(user);
+    let (container, _stdout) = start_until_ready(&spec)?;
+    let outcome = exec_in(
+        &container.handle(),
+        &[
+            "sh",
+            "-c",
+            "id -u; id -g; id -G; grep CapEff /proc/self/status",
+        ],
+        EXEC_TIMEOUT,
+    )?;
+    assert_eq!(outcome.code, Some(0));
+    assert_eq!(
+        outcome.output,
+        "1000\n1000\n1000 5\nCapEff:\t0000000000000000\n"
+    );
+    container.remove()?;
+    Ok(())
+}
+
+fn exec_exit_codes() -> Result<()> {
+    let (mut container, _stdout) = start_until_ready(&sleeper())?;
+    let handle = container.handle();
+    let cases: [(&[&str], i32); 5] = [
+        (&["true"], 0),
+        (&["sh", "-c", "exit 3"], 3),
+        (&["/etc/passwd"], 126),
+        (&["no-such-command"], 127),
+        (&["sh", "-c", "kill -9 $$"], 137),
+    ];
+    for (args, expected) in cases {
+        let outcome = exec_in(&handle, args, EXEC_TIMEOUT)?;
+        ensure!(
+            outcome.code == Some(expected),
+            "{args:?}: expected {expected}, got {:?} ({})",
+            outcome.code,
+            outcome.output
+        );
+    }
+    let missing = exec_in(&handle, &["no-such-command"], EXEC_TIMEOUT)?;
+    assert!(
+        missing.output.contains("executable file not found"),
+        "output: {}",
+        missing.output
+    );
+
+    let long = exec_in(&handle, &["sh", "-c", "seq 1 2000"], EXEC_TIMEOUT)?;
+    assert!(long.truncated);
+    assert_eq!(long.output.len(), 4096);
+    assert!(long.output.ends_with("1999\n2000\n"), "{}", long.output);
+
+    let empty = tokio_runtime()?.block_on(handle.exec(Vec::new(), EXEC_TIMEOUT));
+    assert!(
+        matches!(empty, Err(RuntimeError::ExecEmpty { .. })),
+        "{empty:?}"
+    );
+    assert_eq!(container.try_wait()?, None, "the container stopped");
+    container.remove()?;
+    Ok(())
+}
+
+fn exec_timeout_kills_group() -> Result<()> {
+    let (mut container, _stdout) = start_until_ready(&sleeper())?;
+    let handle = container.handle();
+    let started = Instant::now();
+    let outcome = exec_in(
+        &handle,
+        &["sh", "-c", "echo started; sleep 30 & sleep 31; echo never"],
+        Duration::from_millis(300),
+    )?;
+    let elapsed = started.elapsed();
+    assert_eq!(outcome.code, None, "output: {}", outcome.output);
+    assert_eq!(outcome.output, "started\n");
+    ensure!(
+        elapsed >= Duration::from_millis(300),
+        "returned after {elapsed:?}"
+    );
+    ensure!(
+        elapsed < Duration::from_secs(5),
+        "returned after {elapsed:?}"
+    );
+
+    // SIGKILL went to the whole process group, the background sleep included.
+    let list = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done";
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let processes = exec_in(&handle, &["sh", "-c", list], EXEC_TIMEOUT)?.output;
+        let left = processes
+            .lines()
+            .any(|line| line.starts_with("sleep 30") || line.starts_with("sleep 31"));
+        if !left {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "a timed-out process survived:\n{processes}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    assert_eq!(container.try_wait()?, None, "the container stopped");
+    let after = exec_in(&handle, &["true"], EXEC_TIMEOUT)?;
+    assert_eq!(after.code, Some(0));
+    container.remove()?;
+    Ok(())
+}
+
+fn exec_status_apart_from_main() -> Result<()> {
+    let mut spec = sh("echo ready; read line; exit 5");
+    spec.stdin = Stdio::Piped;
+    let (mut container, _stdout) = start_until_ready(&spec)?;
+    let mut stdin = container.take_stdin().context("stdin")?;
+    let handle = container.handle();
+    for _ in 0..3 {
+        let outcome = exec_in(&handle, &["sh", "-c", "exit 7"], EXEC_TIMEOUT)?;
+        assert_eq!(outcome.code, Some(7));
+    }
+    assert_eq!(container.try_wait()?, None, "an exec ended the container");
+
+    stdin.write_all(b"go\n")?;
+    drop(stdin);
+    assert_eq!(container.wait_blocking()?, ExitStatus::Exited(5));
+    Ok(())
+}
+
+fn exec_ends_when_container_exits() -> Result<()> {
+    let (mut container, _stdout) = start_until_ready(&sh("echo ready; sleep 1; exit 4"))?;
+    let handle = container.handle();
+    let started = Instant::now();
+    let (exec, status) = tokio_runtime()?.block_on(async move {
+        // The handle runs the command while another task waits for the container.
+        let waiter = tokio::spawn(async move { container.wait().await });
+        let exec = handle
+            .exec(strings(&["sleep", "30"]), Duration::from_secs(20))
+            .await;
+        let status = waiter.await.expect("wait task");
+        let later = handle.exec(strings(&["true"]), EXEC_TIMEOUT).await;
+        assert!(
+            matches!(later, Err(RuntimeError::ExecClosed { .. })),
+            "{later:?}"
+        );
+        (exec, status)
+    });
+    assert!(
+        matches!(exec, Err(RuntimeError::ExecContainerExited { .. })),
+        "{exec:?}"
+    );
+    assert_eq!(status?, ExitStatus::Exited(4));
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "the exec held the container for {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn exec_needs_started_init() -> Result<()> {
+    let mut spec = sleeper();
+    spec.no_init = true;
+    let mut container = runtime::spawn(&spec)?;
+    let handle = container.handle();
+    let early = tokio_runtime()?.block_on(handle.exec(strings(&["true"]), EXEC_TIMEOUT));
+    assert!(
+        matches!(early, Err(RuntimeError::NotStarted { .. })),
+        "{early:?}"
+    );
+
+    container.start()?;
+    let error = tokio_runtime()?
+        .block_on(handle.exec(strings(&["true"]), EXEC_TIMEOUT))
+        .expect_err("exec without an init");
+    assert!(
+        matches!(error, RuntimeError::ExecWithoutInit { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("--no-init"), "{error}");
+    container.remove()?;
+    Ok(())
+}
+
+fn health_check_turns_healthy() -> Result<()> {
+    let mut container = runtime::spawn(&sh("sleep 1; touch /tmp/ready; exec sleep 100"))?;
+    container.start()?;
+    let started = Instant::now();
+    // Docker's defaults: a 30 s interval and no start period.
+    let check = HealthCheck::new(HealthTest::Exec(strings(&["test", "-f", "/tmp/ready"])));
+    tokio_runtime()?.block_on(wait_until_healthy(
+        &container.handle(),
+        &check,
+        started + Duration::from_secs(20),
+    ))?;
+    let elapsed = started.elapsed();
+    ensure!(
+        elapsed >= Duration::from_millis(900),
+        "healthy after {elapsed:?}, before the file existed"
+    );
+    ensure!(
+        elapsed < Duration::from_secs(5),
+        "healthy only after {elapsed:?}"
+    );
+    container.remove()?;
+    Ok(())
+}
+
+fn health_check_fails_after_retries() -> Result<()> {
+    let (container, _stdout) = start_until_ready(&sleeper())?;
+    let mut check = HealthCheck::new(HealthTest::Shell(
+        "echo database not ready; exit 1".to_owned(),
+    ));
+    check.interval = Duration::from_millis(200);
+    check.start_interval = Duration::from_millis(50);
+    check.retries = 3;
+
+    let started = Instant::now();
+    let result = tokio_runtime()?.block_on(wait_until_healthy(
+        &container.handle(),
+        &check,
+        started + Duration::from_secs(20),
+    ));
+    let error = result.err().context("the failing check passed")?;
+
+    match &error {
+        CommandHealthError::Unhealthy {
+            command,
+            failing_streak,
+            last_output,
+        } => {
+            assert_eq!(command, "echo database not ready; exit 1");
+            assert_eq!(*failing_streak, 3);
+            assert_eq!(last_output, "database not ready\n");
+        }
+        other => bail!("expected Unhealthy, got {other}"),
+    }
+
+    let message = error.to_string();
+    assert!(message.contains("3 times"), "{message}");
+    assert!(message.contains("database not ready"), "{message}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "unhealthy only after {:?}",
+        started.elapsed()
+    );
+    container.remove()?;
+    Ok(())
+}
+
+fn health_check_probe_timeout() -> Result<()> {
+    let (mut container, _stdout) = start_until_ready(&sleeper())?;
+    let mut check = HealthCheck::new(HealthTest::Shell("echo probing; sleep 10".to_owned()));
+    check.interval = Duration::from_millis(100);
+    check.timeout = Duration::from_millis(200);
+    check.retries = 2;
+
+    let started = Instant::now();
+    let result = tokio_runtime()?.block_on(wait_until_healthy(
+        &container.handle(),
+        &check,
+        started + Duration::from_secs(20),
+    ));
+    match result {
+        Err(CommandHealthError::Unhealthy { last_output, .. }) => {
+            assert!(last_output.contains("timed out"), "{last_output}");
+            assert!(last_output.contains("probing"), "{last_output}");
+        }
+        other => bail!("expected Unhealthy, got {other:?}"),
+    }
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "the timed-out checks took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(container.try_wait()?, None, "the container stopped");
+    container.remove()?;
+    Ok(())
+}
+
+fn health_check_deadline() -> Result<()> {
+    let (container, _stdout) = start_until_ready(&sleeper())?;
+    let mut check = HealthCheck::new(HealthTest::Shell("echo still starting; exit 1".to_owned()));
+    check.start_period = Duration::from_secs(60);
+    check.start_interval = Duration::from_millis(100);
+
+    let started = Instant::now();
+    let result = tokio_runtime()?.block_on(wait_until_healthy(
+        &container.handle(),
+        &check,
+        started + Duration::from_secs(1),
+    ));
+    let elapsed = started.elapsed();
+
+    match result {
+        Err(CommandHealthError::DeadlineExceeded {
+            last_output,
+            checks,
+            ..
+        }) => {
+            assert_eq!(last_output.as_deref(), Some("still starting\n"));
+            ensure!(checks >= 2, "only {checks} checks ran");
+        }
+        other => bail!("expected DeadlineExceeded, got {other:?}"),
+    }
+    ensure!(
+        elapsed >= Duration::from_secs(1),
+        "gave up after {elapsed:?}"
+    );
+    ensure!(
+        elapsed < Duration::from_secs(3),
+        "gave up after {elapsed:?}"
+    );
+    container.remove()?;
+    Ok(())
 }

@@ -1,0 +1,168 @@
+//! Waiting until a running container passes its command health check.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    HealthCheck, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_START_INTERVAL, DEFAULT_TIMEOUT,
+};
+use crate::runtime::{ExecOutcome, ProcessHandle, RuntimeError};
+
+/// A container that did not pass its command health check.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandHealthError {
+    /// `retries` counted checks in a row failed.
+    #[error(
+        "health check `{command}` failed {failing_streak} times in a row, so the service is \
+         unhealthy; fix the service or the check. Last output: {}",
+        show_output(last_output)
+    )]
+    Unhealthy {
+        command: String,
+        failing_streak: u32,
+        last_output: String,
+    },
+    /// The caller's deadline passed before a check succeeded.
+    #[error(
+        "health check `{command}` did not pass within {waited:?} ({checks} checks); raise the \
+         health deadline if the service starts slowly. Last output: {}",
+        last_output.as_deref().map_or("(no check finished)", show_output)
+    )]
+    DeadlineExceeded {
+        command: String,
+        waited: Duration,
+        checks: u32,
+        last_output: Option<String>,
+    },
+    /// The check could not run, for example because the container exited or has no init.
+    #[error("health check `{command}` could not run: {source}")]
+    Runtime {
+        command: String,
+        #[source]
+        source: RuntimeError,
+    },
+}
+
+fn show_output(output: &str) -> &str {
+    let trimmed = output.trim_end();
+    if trimmed.is_empty() {
+        "(none)"
+    } else {
+        trimmed
+    }
+}
+
+/// Runs `check` in the container behind `handle` until it passes, and returns when it does.
+///
+/// The module documentation describes the schedule. The start of the container is taken to
+/// be the moment of this call. A check still running at `deadline` is killed. With
+/// [`super::HealthTest::None`] there is nothing to run and this returns at once.
+pub async fn wait_until_healthy(
+    handle: &ProcessHandle,
+    check: &HealthCheck,
+    deadline: Instant,
+) -> Result<(), CommandHealthError> {
+    let Some(argv) = check.test.argv() else {
+        return Ok(());
+    };
+    let command = check.test.to_string();
+    let timing = Timing::of(check);
+    let started = Instant::now();
+    let grace_end = started + check.start_period.max(timing.interval);
+
+    let mut checks = 0u32;
+    let mut failing_streak = 0u32;
+    let mut last_output = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(CommandHealthError::DeadlineExceeded {
+                command,
+                waited: now - started,
+                checks,
+                last_output,
+            });
+        }
+
+        // The deadline cuts a check short, and such a check ends the wait as past the deadline.
+        let timeout = timing.timeout.min(deadline - now);
+        let outcome = match handle.exec(argv.clone(), timeout).await {
+            Ok(outcome) => outcome,
+            // Docker counts a check that failed to start as a failed check.
+            Err(RuntimeError::ExecFailed { message, .. }) => ExecOutcome {
+                code: Some(-1),
+                output: message,
+                truncated: false,
+            },
+            Err(source) => return Err(CommandHealthError::Runtime { command, source }),
+        };
+        checks += 1;
+
+        if outcome.success() {
+            tracing::info!(health_check = %command, checks, "health check passed");
+            return Ok(());
+        }
+        let output = match outcome.code {
+            Some(_) => outcome.output,
+            None => format!("timed out after {timeout:?}; {}", outcome.output),
+        };
+        tracing::debug!(health_check = %command, code = ?outcome.code, "health check failed");
+        if outcome.code.is_none() && timeout < timing.timeout {
+            return Err(CommandHealthError::DeadlineExceeded {
+                command,
+                waited: Instant::now() - started,
+                checks,
+                last_output: Some(output),
+            });
+        }
+
+        if now >= grace_end {
+            failing_streak += 1;
+            if failing_streak >= timing.retries {
+                return Err(CommandHealthError::Unhealthy {
+                    command,
+                    failing_streak,
+                    last_output: output,
+                });
+            }
+        }
+        last_output = Some(output);
+
+        let after = Instant::now();
+        let next = if after < grace_end {
+            (after + timing.start_interval).min(grace_end)
+        } else {
+            after + timing.interval
+        };
+        tokio::time::sleep_until(next.min(deadline).into()).await;
+    }
+}
+
+/// The check's timing with zero values replaced by the defaults.
+struct Timing {
+    interval: Duration,
+    timeout: Duration,
+    start_interval: Duration,
+    retries: u32,
+}
+
+impl Timing {
+    fn of(check: &HealthCheck) -> Self {
+        let or_default = |value: Duration, default| {
+            if value.is_zero() {
+                default
+            } else {
+                value
+            }
+        };
+        Self {
+            interval: or_default(check.interval, DEFAULT_INTERVAL),
+            timeout: or_default(check.timeout, DEFAULT_TIMEOUT),
+            start_interval: or_default(check.start_interval, DEFAULT_START_INTERVAL),
+            retries: if check.retries == 0 {
+                DEFAULT_RETRIES
+            } else {
+                check.retries
+            },
+        }
+    }
+}
