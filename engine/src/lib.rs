@@ -1,5 +1,6 @@
 //! Container definitions, the rootless process runtime and ephemeral services.
 pub mod bootstrap;
+pub mod compose;
 pub mod config;
 pub mod container;
 pub mod definition;

@@ -1,0 +1,162 @@
+//! The top level of a Compose file: `name`, `services`, `configs`, and `version`, which is
+//! obsolete but common and so accepted without a word.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use super::configs;
+use super::context::Context;
+use super::error::ComposeError;
+use super::graph::start_order;
+use super::known_keys;
+use super::model::ComposeProject;
+use super::service::{service, Scope};
+use super::yaml::{self, Node};
+
+/// Parses `source`, the text of `file`, whose directory is `dir` (absolute).
+pub(super) fn parse(
+    source: &str,
+    file: &Path,
+    dir: &Path,
+    env: &HashMap<String, String>,
+) -> Result<ComposeProject, ComposeError> {
+    let no_services = || ComposeError::NoServices {
+        file: file.to_owned(),
+    };
+    let root = yaml::load(source, file)?.ok_or_else(no_services)?;
+    let mut context = Context {
+        file,
+        dir,
+        env,
+        warnings: Vec::new(),
+    };
+
+    // Sort the top level first, because services refer to configs and to each other.
+    let mut name = None;
+    let mut services_node = None;
+    let mut configs_node = None;
+    for (key, value) in context.mapping(&root, "(top level)")? {
+        match key.as_str() {
+            "version" => {}
+            "name" => name = Some(value),
+            "services" => services_node = Some(value),
+            "configs" => configs_node = Some(value),
+            "include" => {
+                return Err(ComposeError::Unsupported {
+                    at: context.at(value, key),
+                    what: "include".to_owned(),
+                    hint: "copy the included services into this file",
+                })
+            }
+            _ => context.ignore_key("", key, known_keys::TOP_LEVEL),
+        }
+    }
+
+    let name = project_name(&mut context, name)?;
+    let configs = match configs_node {
+        Some(node) => configs::definitions(&mut context, node, "configs")?,
+        None => BTreeMap::new(),
+    };
+
+    let services_node = services_node.ok_or_else(no_services)?;
+    let entries = context.mapping(services_node, "services")?;
+    let names: Vec<String> = entries
+        .iter()
+        .map(|(name, _)| name.clone())
+        .filter(|name| !known_keys::is_extension(name))
+        .collect();
+    if names.is_empty() {
+        return Err(no_services());
+    }
+
+    let scope = Scope {
+        services: &names,
+        configs: &configs,
+    };
+    let mut services = BTreeMap::new();
+    for (service_name, node) in entries {
+        if known_keys::is_extension(service_name) {
+            continue;
+        }
+        let key = format!("services.{service_name}");
+        if !is_valid_service_name(service_name) {
+            return Err(ComposeError::InvalidServiceName {
+                at: context.at(node, &key),
+                name: service_name.clone(),
+            });
+        }
+        let parsed = service(&mut context, service_name, node, &key, &scope)?;
+        services.insert(service_name.clone(), parsed);
+    }
+
+    // A start order over all services finds any dependency cycle.
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    start_order(file, &services, &all)?;
+
+    Ok(ComposeProject {
+        name,
+        file: file.to_owned(),
+        dir: dir.to_owned(),
+        services,
+        warnings: context.warnings,
+    })
+}
+
+/// Returns the project name: the file's `name`, else `COMPOSE_PROJECT_NAME`, else the directory
+/// name reduced to the characters Compose allows.
+fn project_name(context: &mut Context, node: Option<&Node>) -> Result<String, ComposeError> {
+    if let Some(node) = node {
+        if let Some(name) = context.optional_text(node, "name")? {
+            if !is_valid_project_name(&name) {
+                return Err(ComposeError::InvalidProjectName {
+                    origin: context.at(node, "name").to_string(),
+                    name,
+                });
+            }
+            return Ok(name);
+        }
+    }
+    if let Some(name) = context.env.get("COMPOSE_PROJECT_NAME") {
+        if !is_valid_project_name(name) {
+            return Err(ComposeError::InvalidProjectName {
+                origin: "the variable COMPOSE_PROJECT_NAME".to_owned(),
+                name: name.clone(),
+            });
+        }
+        return Ok(name.clone());
+    }
+
+    let directory = context
+        .dir
+        .file_name()
+        .map(|name| name.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let reduced: String = directory
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    let reduced = reduced.trim_start_matches(['_', '-']);
+    // NOTE: Compose rejects a directory whose name reduces to nothing; mayfly names the
+    // project "default" instead, because the name only labels what it starts.
+    Ok(if reduced.is_empty() {
+        "default".to_owned()
+    } else {
+        reduced.to_owned()
+    })
+}
+
+fn is_valid_project_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+/// Checks Compose's rule for service names: `[a-zA-Z0-9._-]+`.
+fn is_valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
