@@ -124,6 +124,8 @@ impl HealthTest {
     }
 
     /// Returns the argument vector to run in the container, `None` for [`HealthTest::None`].
+    /// NOTE: Docker runs `CMD-SHELL` with the image's `Shell` when it sets one; mayfly reads no
+    /// `Shell` from the image config and always uses `/bin/sh -c`.
     pub fn argv(&self) -> Option<Vec<String>> {
         match self {
             Self::None => None,

@@ -166,3 +166,31 @@ impl Timing {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health_check::HealthTest;
+
+    /// Compiles only if the wait can run in a spawned task.
+    #[allow(dead_code)]
+    fn wait_future_is_send(handle: &'static ProcessHandle, check: &'static HealthCheck) {
+        fn spawnable<T: Send + 'static>(_: T) {}
+        spawnable(wait_until_healthy(handle, check, Instant::now()));
+        spawnable(handle.exec(Vec::new(), Duration::ZERO));
+    }
+
+    #[test]
+    fn zero_timing_means_default() {
+        let mut check = HealthCheck::new(HealthTest::Exec(vec!["true".into()]));
+        check.interval = Duration::ZERO;
+        check.timeout = Duration::ZERO;
+        check.start_interval = Duration::ZERO;
+        check.retries = 0;
+        let timing = Timing::of(&check);
+        assert_eq!(timing.interval, DEFAULT_INTERVAL);
+        assert_eq!(timing.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(timing.start_interval, DEFAULT_START_INTERVAL);
+        assert_eq!(timing.retries, DEFAULT_RETRIES);
+    }
+}
