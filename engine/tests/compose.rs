@@ -1157,3 +1157,110 @@ fn load_reports_a_missing_file() {
         format!("failed to read {}", missing.display())
     );
 }
+
+#[test]
+fn dotenv_file_feeds_interpolation() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "# defaults for local runs\nTAG=11.4\nCOMPOSE_PROJECT_NAME=from_dotenv\nPORT=3306\n\
+         GREETING=\"hello ${MISSING}\"\n",
+    )
+    .unwrap();
+    let compose = dir.path().join("compose.yaml");
+    let source = "services:\n  db:\n    image: mariadb:${TAG}\n    ports: [\"${PORT}:3306\"]\n    \
+                  environment: [GREETING]\n";
+
+    let project = ComposeProject::parse(source, &compose, &env(&[("PORT", "13306")])).unwrap();
+    let db = &project.services["db"];
+    assert_eq!(db.image, "mariadb:11.4");
+    assert_eq!(db.ports[0].published, Some(13306));
+    assert_eq!(
+        db.environment,
+        [("GREETING".to_owned(), "hello ".to_owned())]
+    );
+    assert_eq!(project.name, "from_dotenv");
+    assert_eq!(
+        warnings(&project),
+        [format!(
+            "{}: variable MISSING is not set, so an empty string is used",
+            dir.path().join(".env").display()
+        )]
+    );
+
+    std::fs::write(dir.path().join(".env"), "TAG='unclosed\n").unwrap();
+    let message = ComposeProject::parse(source, &compose, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        format!(
+            "{}:1: invalid env file line: a quoted value has no closing quote",
+            dir.path().join(".env").display()
+        )
+    );
+}
+
+#[test]
+fn env_file_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("common.env"),
+        "LEVEL=info\nREGION=eu\nFROM_HOST\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("env")).unwrap();
+    std::fs::write(dir.path().join("env/web.env"), "LEVEL=debug\nRAW=\"$x\"\n").unwrap();
+    let compose = dir.path().join("compose.yaml");
+    let source = r#"
+services:
+  web:
+    image: nginx
+    environment:
+      REGION: us
+    env_file:
+      - common.env
+      - path: ./env/web.env
+        format: raw
+      - path: ./missing.env
+        required: false
+  single:
+    image: nginx
+    env_file: common.env
+"#;
+    let project = ComposeProject::parse(source, &compose, &env(&[("FROM_HOST", "host")])).unwrap();
+    let pairs = |items: &[(&str, &str)]| -> Vec<(String, String)> {
+        items
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        project.services["web"].environment,
+        pairs(&[
+            ("LEVEL", "debug"),
+            ("REGION", "us"),
+            ("FROM_HOST", "host"),
+            ("RAW", "\"$x\""),
+        ])
+    );
+    assert_eq!(
+        project.services["single"].environment,
+        pairs(&[("LEVEL", "info"), ("REGION", "eu"), ("FROM_HOST", "host")])
+    );
+    assert!(project.warnings.is_empty(), "{:?}", project.warnings);
+
+    let missing = "services:\n  web:\n    image: nginx\n    env_file: [absent.env]\n";
+    let message = ComposeProject::parse(missing, &compose, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        format!(
+            "{}:4: services.web.env_file[0]: failed to read env file {}; create it or set \
+             `required: false`",
+            compose.display(),
+            dir.path().join("absent.env").display()
+        )
+    );
+}

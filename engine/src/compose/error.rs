@@ -181,6 +181,21 @@ pub enum ComposeError {
     #[error("{at}: variable {variable} is not set; export it before running mayfly")]
     UnsetVariable { at: Location, variable: String },
 
+    #[error("{}:{line}: invalid env file line: {reason}", path.display())]
+    InvalidEnvFile {
+        path: PathBuf,
+        line: usize,
+        reason: &'static str,
+    },
+
+    #[error("{at}: failed to read env file {}; create it or set `required: false`", path.display())]
+    ReadEnvFile {
+        at: Location,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("{at}: failed to read config file {}", path.display())]
     ReadConfigFile {
         at: Location,

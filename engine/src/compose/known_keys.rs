@@ -113,6 +113,9 @@ pub(super) const HEALTHCHECK: &[&str] = &[
     "disable",
 ];
 
+/// Keys of an `env_file` entry in the long syntax.
+pub(super) const ENV_FILE: &[&str] = &["path", "required", "format"];
+
 /// Keys of a `depends_on` entry in the long syntax.
 pub(super) const DEPENDS_ON: &[&str] = &["condition", "required", "restart"];
 

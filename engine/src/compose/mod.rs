@@ -4,20 +4,19 @@
 //!
 //! - top level: `name`, `services`, `configs` (`content`, `file` or `environment`), and
 //!   `version`, which is obsolete and accepted without a warning;
-//! - per service: `image`, `platform`, `command`, `entrypoint`, `environment`,
+//! - per service: `image`, `platform`, `command`, `entrypoint`, `environment`, `env_file`,
 //!   `working_dir`, `user`, `expose`, `ports`, `healthcheck`, `depends_on`, `links`,
 //!   `volumes` (bind and tmpfs), `tmpfs` and `configs`.
 //!
-//! Values are interpolated from the process environment first (`${VAR:-default}` and the
-//! other forms). Every other key becomes a [`ComposeWarning`] and is never dropped silently,
+//! Values are interpolated first (`${VAR:-default}` and the other forms) from the process
+//! environment and then the `.env` file next to the Compose file, as in Compose. Every other key becomes a [`ComposeWarning`] and is never dropped silently,
 //! except `x-` extension keys, which the specification says to skip without a word. Named
 //! and anonymous volumes are skipped with a warning, so a database keeps its data only as
 //! long as its container. `build`-only services, `extends` and `include` are errors.
-//!
-//! TODO: read a `.env` file next to the Compose file for interpolation, as Compose does.
 
 mod configs;
 mod context;
+mod dotenv;
 mod error;
 mod graph;
 mod health;
@@ -73,7 +72,8 @@ impl ComposeProject {
 
     /// Parses `source` as the text of the Compose file `file`, interpolating from the
     /// process environment. `file` names the file in messages and its directory anchors
-    /// relative paths; it is not read, but `file:` configs next to it are.
+    /// relative paths. `file` itself is not read, but the `.env`, `env_file` and `file:`
+    /// config files next to it are.
     pub fn from_str(source: &str, file: &Path) -> Result<Self, ComposeError> {
         let env: HashMap<String, String> = std::env::vars_os()
             .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
@@ -82,7 +82,7 @@ impl ComposeProject {
     }
 
     /// Parses `source` like [`ComposeProject::from_str`], with `env` in place of the
-    /// process environment.
+    /// process environment. The `.env` file next to `file` still applies.
     pub fn parse(
         source: &str,
         file: &Path,

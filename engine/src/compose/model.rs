@@ -37,8 +37,9 @@ pub struct ComposeService {
     pub command: Option<Vec<String>>,
     /// `None` keeps the image's entrypoint; `Some(vec![])` clears it.
     pub entrypoint: Option<Vec<String>>,
-    /// Variables in file order, interpolated. A name given without a value took its value
-    /// from mayfly's environment, or was left out when that variable is not set.
+    /// Variables from `env_file`, then `environment` (which wins), interpolated. A name
+    /// given without a value took its value from mayfly's environment, or was left out when
+    /// that variable is not set.
     pub environment: Vec<(String, String)>,
     pub working_dir: Option<String>,
     pub user: Option<String>,

@@ -6,12 +6,16 @@ use std::path::Path;
 
 use super::configs;
 use super::context::Context;
+use super::dotenv::{self, EnvFile};
 use super::error::ComposeError;
 use super::graph::start_order;
 use super::known_keys;
-use super::model::ComposeProject;
+use super::model::{ComposeProject, ComposeWarning};
 use super::service::{service, Scope};
 use super::yaml::{self, Node};
+
+/// The file next to the Compose file that adds variables for interpolation.
+const DOTENV: &str = ".env";
 
 /// Parses `source`, the text of `file`, whose directory is `dir` (absolute).
 pub(super) fn parse(
@@ -24,12 +28,28 @@ pub(super) fn parse(
         file: file.to_owned(),
     };
     let root = yaml::load(source, file)?.ok_or_else(no_services)?;
+
+    // Compose reads `.env` next to the file for interpolation, and the environment wins.
+    let dotenv_path = dir.join(DOTENV);
+    let dotenv = read_dotenv(&dotenv_path, env)?;
+    let mut env = env.clone();
+    for (name, value) in dotenv.variables {
+        if let Some(value) = value {
+            env.entry(name).or_insert(value);
+        }
+    }
     let mut context = Context {
         file,
         dir,
-        env,
+        env: &env,
         warnings: Vec::new(),
     };
+    for variable in dotenv.unset {
+        context.warn(ComposeWarning::UnsetVariable {
+            key: dotenv_path.display().to_string(),
+            variable,
+        });
+    }
 
     // Sort the top level first, because services refer to configs and to each other.
     let mut name = None;
@@ -99,6 +119,25 @@ pub(super) fn parse(
         dir: dir.to_owned(),
         services,
         warnings: context.warnings,
+    })
+}
+
+/// Reads the project's `.env` file, or returns no variables when there is none.
+fn read_dotenv(path: &Path, env: &HashMap<String, String>) -> Result<EnvFile, ComposeError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(EnvFile::default()),
+        Err(source) => {
+            return Err(ComposeError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    dotenv::parse(&text, env, false).map_err(|invalid| ComposeError::InvalidEnvFile {
+        path: path.to_owned(),
+        line: invalid.line,
+        reason: invalid.reason,
     })
 }
 

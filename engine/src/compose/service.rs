@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use super::configs::{self, ConfigDefinition};
 use super::context::Context;
+use super::dotenv;
 use super::error::ComposeError;
 use super::health::healthcheck;
 use super::known_keys;
-use super::model::{ComposeService, Dependency, DependencyCondition};
+use super::model::{ComposeService, ComposeWarning, Dependency, DependencyCondition};
 use super::mounts;
 use super::ports;
 use super::yaml::{join_key, Node, Value};
@@ -46,6 +47,7 @@ pub(super) fn service(
     };
     let mut image = None;
     let mut has_build = false;
+    let mut env_file_variables = Vec::new();
 
     for (entry, value) in context.mapping(node, key)? {
         let entry_key = join_key(key, entry);
@@ -56,6 +58,7 @@ pub(super) fn service(
             "command" => service.command = command_line(context, value, &entry_key)?,
             "entrypoint" => service.entrypoint = command_line(context, value, &entry_key)?,
             "environment" => service.environment = environment(context, value, &entry_key)?,
+            "env_file" => env_file_variables = env_files(context, value, &entry_key)?,
             "working_dir" => service.working_dir = context.optional_text(value, &entry_key)?,
             "user" => service.user = context.optional_text(value, &entry_key)?,
             "expose" => service.expose = ports::expose(context, value, &entry_key)?,
@@ -84,6 +87,12 @@ pub(super) fn service(
             _ => context.ignore_key(key, entry, known_keys::SERVICE),
         }
     }
+
+    // `environment` overrides `env_file`, wherever each appears in the service.
+    for (name, value) in std::mem::take(&mut service.environment) {
+        set_variable(&mut env_file_variables, name, value);
+    }
+    service.environment = env_file_variables;
 
     match image.filter(|image| !image.is_empty()) {
         Some(image) => {
@@ -140,10 +149,8 @@ fn environment(
 ) -> Result<Vec<(String, String)>, ComposeError> {
     let mut variables: Vec<(String, String)> = Vec::new();
     let mut set = |name: String, value: Option<String>| {
-        let Some(value) = value else { return };
-        match variables.iter_mut().find(|(existing, _)| *existing == name) {
-            Some(entry) => entry.1 = value,
-            None => variables.push((name, value)),
+        if let Some(value) = value {
+            set_variable(&mut variables, name, value);
         }
     };
 
@@ -177,6 +184,115 @@ fn environment(
         }
     }
     Ok(variables)
+}
+
+/// Reads `env_file`: a path, or a list of paths or of mappings with `path`, `required` and
+/// `format`. Relative paths resolve against the Compose file's directory, and later files
+/// override earlier ones.
+fn env_files(
+    context: &mut Context,
+    node: &Node,
+    key: &str,
+) -> Result<Vec<(String, String)>, ComposeError> {
+    let items = match &node.value {
+        Value::Scalar { .. } => std::slice::from_ref(node),
+        _ => context.sequence(node, key)?,
+    };
+
+    let mut variables = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let item_key = match node.value {
+            Value::Scalar { .. } => key.to_owned(),
+            _ => format!("{key}[{index}]"),
+        };
+        let (path, required, raw) = match &item.value {
+            Value::Scalar { .. } => (context.text(item, &item_key)?, true, false),
+            Value::Mapping(entries) => env_file_entry(context, item, entries, &item_key)?,
+            _ => {
+                return Err(context.wrong_type(
+                    item,
+                    &item_key,
+                    "a path or a mapping with path, required and format",
+                ))
+            }
+        };
+
+        let path = context.dir.join(path);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => continue,
+            Err(source) => {
+                return Err(ComposeError::ReadEnvFile {
+                    at: context.at(item, &item_key),
+                    path,
+                    source,
+                })
+            }
+        };
+        let parsed = dotenv::parse(&text, context.env, raw).map_err(|invalid| {
+            ComposeError::InvalidEnvFile {
+                path: path.clone(),
+                line: invalid.line,
+                reason: invalid.reason,
+            }
+        })?;
+
+        for variable in parsed.unset {
+            context.warn(ComposeWarning::UnsetVariable {
+                key: path.display().to_string(),
+                variable,
+            });
+        }
+        for (name, value) in parsed.variables {
+            let value = value.or_else(|| context.env.get(&name).cloned());
+            if let Some(value) = value {
+                set_variable(&mut variables, name, value);
+            }
+        }
+    }
+    Ok(variables)
+}
+
+/// Reads one `env_file` mapping and returns its path, `required` and whether it is raw.
+fn env_file_entry(
+    context: &mut Context,
+    node: &Node,
+    entries: &[(String, Node)],
+    key: &str,
+) -> Result<(String, bool, bool), ComposeError> {
+    let mut path = None;
+    let mut required = true;
+    let mut raw = false;
+    for (name, value) in entries {
+        let value_key = join_key(key, name);
+        match name.as_str() {
+            "path" => path = Some(context.text(value, &value_key)?),
+            "required" => required = context.boolean(value, &value_key)?,
+            "format" => {
+                let format = context.text(value, &value_key)?;
+                if format != "raw" {
+                    return Err(context.invalid(value, &value_key, &format, "raw"));
+                }
+                raw = true;
+            }
+            _ => context.ignore_key(key, name, known_keys::ENV_FILE),
+        }
+    }
+    match path {
+        Some(path) => Ok((path, required, raw)),
+        None => Err(ComposeError::MissingKey {
+            at: context.at(node, key),
+            key: "path",
+        }),
+    }
+}
+
+/// Sets `name` to `value`, in place when it is already there so the order stays stable.
+fn set_variable(variables: &mut Vec<(String, String)>, name: String, value: String) {
+    match variables.iter_mut().find(|(existing, _)| *existing == name) {
+        Some(entry) => entry.1 = value,
+        None => variables.push((name, value)),
+    }
 }
 
 fn depends_on(
