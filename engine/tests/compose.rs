@@ -1100,11 +1100,19 @@ fn project_names() {
     assert_eq!(named.name, "shop-dev");
 
     let from_env = parse_with(
-        "services:\n  web:\n    image: nginx\n",
+        "name: shop-dev\nservices:\n  web:\n    image: nginx\n",
         &[("COMPOSE_PROJECT_NAME", "ci_42")],
     )
     .unwrap();
     assert_eq!(from_env.name, "ci_42");
+
+    let interpolated = parse(
+        "name: shop-dev\nservices:\n  web:\n    image: nginx\n    environment:\n      PROJECT: ${COMPOSE_PROJECT_NAME}\n",
+    );
+    assert_eq!(
+        interpolated.services["web"].environment,
+        [("PROJECT".to_owned(), "shop-dev".to_owned())]
+    );
 
     let from_dir = ComposeProject::parse(
         "services:\n  web:\n    image: nginx\n",

@@ -15,7 +15,9 @@ pub(super) struct Context<'a> {
     pub file: &'a Path,
     /// The absolute directory of the file.
     pub dir: &'a Path,
-    pub env: &'a HashMap<String, String>,
+    /// Variables for interpolation: the environment, then `.env`, then the project name as
+    /// `COMPOSE_PROJECT_NAME`.
+    pub env: HashMap<String, String>,
     pub warnings: Vec<ComposeWarning>,
 }
 
@@ -154,7 +156,7 @@ impl Context<'_> {
         if !text.contains('$') {
             return Ok(text.to_owned());
         }
-        match interpolate(text, self.env) {
+        match interpolate(text, &self.env) {
             Ok(result) => {
                 for variable in result.unset {
                     self.warn(ComposeWarning::UnsetVariable {

@@ -12,7 +12,7 @@ use crate::health_check::HealthCheck;
 /// A loaded Compose file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComposeProject {
-    /// The top-level `name`, else `COMPOSE_PROJECT_NAME`, else the file's directory name
+    /// `COMPOSE_PROJECT_NAME`, else the top-level `name`, else the file's directory name
     /// reduced to lowercase letters, digits, `_` and `-`.
     pub name: String,
     /// The Compose file, as given to the loader.

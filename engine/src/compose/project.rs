@@ -41,7 +41,7 @@ pub(super) fn parse(
     let mut context = Context {
         file,
         dir,
-        env: &env,
+        env,
         warnings: Vec::new(),
     };
     for variable in dotenv.unset {
@@ -72,7 +72,11 @@ pub(super) fn parse(
         }
     }
 
+    // Compose offers the project name to interpolation, whichever way it was chosen.
     let name = project_name(&mut context, name)?;
+    context
+        .env
+        .insert("COMPOSE_PROJECT_NAME".to_owned(), name.clone());
     let configs = match configs_node {
         Some(node) => configs::definitions(&mut context, node, "configs")?,
         None => BTreeMap::new(),
@@ -141,9 +145,18 @@ fn read_dotenv(path: &Path, env: &HashMap<String, String>) -> Result<EnvFile, Co
     })
 }
 
-/// Returns the project name: the file's `name`, else `COMPOSE_PROJECT_NAME`, else the directory
-/// name reduced to the characters Compose allows.
+/// Returns the project name: `COMPOSE_PROJECT_NAME`, else the file's `name`, else the
+/// directory name reduced to the characters Compose allows. This is Compose's order.
 fn project_name(context: &mut Context, node: Option<&Node>) -> Result<String, ComposeError> {
+    if let Some(name) = context.env.get("COMPOSE_PROJECT_NAME") {
+        if !is_valid_project_name(name) {
+            return Err(ComposeError::InvalidProjectName {
+                origin: "the variable COMPOSE_PROJECT_NAME".to_owned(),
+                name: name.clone(),
+            });
+        }
+        return Ok(name.clone());
+    }
     if let Some(node) = node {
         if let Some(name) = context.optional_text(node, "name")? {
             if !is_valid_project_name(&name) {
@@ -154,15 +167,6 @@ fn project_name(context: &mut Context, node: Option<&Node>) -> Result<String, Co
             }
             return Ok(name);
         }
-    }
-    if let Some(name) = context.env.get("COMPOSE_PROJECT_NAME") {
-        if !is_valid_project_name(name) {
-            return Err(ComposeError::InvalidProjectName {
-                origin: "the variable COMPOSE_PROJECT_NAME".to_owned(),
-                name: name.clone(),
-            });
-        }
-        return Ok(name.clone());
     }
 
     let directory = context

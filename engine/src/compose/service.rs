@@ -229,7 +229,7 @@ fn env_files(
                 })
             }
         };
-        let parsed = dotenv::parse(&text, context.env, raw).map_err(|invalid| {
+        let parsed = dotenv::parse(&text, &context.env, raw).map_err(|invalid| {
             ComposeError::InvalidEnvFile {
                 path: path.clone(),
                 line: invalid.line,
