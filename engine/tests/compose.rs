@@ -686,7 +686,7 @@ services:
       - type: bind
         source: ./conf
         target: /etc/app
-        read_only: true
+        read_only: yes
         bind:
           create_host_path: false
           propagation: rprivate
@@ -758,6 +758,11 @@ fn bad_volumes_are_rejected() {
         error("services:\n  app:\n    image: alpine\n    volumes:\n      - type: image\n        source: alpine\n        target: /img\n"),
         "/srv/shop/compose.yaml:5: services.app.volumes[0].type: the volume type image is not \
          supported by mayfly; use type bind or tmpfs"
+    );
+    assert_eq!(
+        error("services:\n  app:\n    image: alpine\n    volumes:\n      - type: tmpfs\n        target: /t\n        read_only: maybe\n"),
+        "/srv/shop/compose.yaml:7: services.app.volumes[0].read_only: invalid value \"maybe\": \
+         expected true or false"
     );
     assert_eq!(
         error("services:\n  app:\n    image: alpine\n    volumes:\n      - type: bind\n        target: /data\n"),

@@ -117,11 +117,13 @@ impl Context<'_> {
         }
     }
 
+    /// Returns a boolean. Like Compose, this accepts the YAML 1.1 spellings `yes`, `no`,
+    /// `on`, `off`, `y` and `n` in any case besides `true` and `false`.
     pub fn boolean(&mut self, node: &Node, key: &str) -> Result<bool, ComposeError> {
         let text = self.text(node, key)?;
-        match text.as_str() {
-            "true" | "True" | "TRUE" => Ok(true),
-            "false" | "False" | "FALSE" => Ok(false),
+        match text.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "y" | "on" => Ok(true),
+            "false" | "no" | "n" | "off" => Ok(false),
             _ => Err(self.invalid(node, key, &text, "true or false")),
         }
     }
