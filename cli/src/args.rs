@@ -33,6 +33,9 @@ pub enum Command {
     /// Run a container as a service: wait until it is healthy, publish its ports on the host
     /// and forward until Ctrl-C.
     Up(Box<UpArgs>),
+    /// Run services of a Compose file: one as a job with its dependencies, or several with
+    /// their ports published.
+    Compose(ComposeArgs),
     /// Manage mayfly's own state.
     #[command(subcommand)]
     System(SystemCommand),
@@ -185,6 +188,54 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub image_and_command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ComposeArgs {
+    /// Compose file (default: compose.yaml, compose.yml, docker-compose.yaml or
+    /// docker-compose.yml in the current directory).
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    pub file: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: ComposeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ComposeCommand {
+    /// Run SERVICE as a job, with every service it depends on started, shared and checked
+    /// healthy first, and stopped afterwards; exits with the job's status.
+    Run(ComposeRunArgs),
+    /// Start services (default: all) with their dependencies, publish their ports and stream
+    /// their output until Ctrl-C.
+    Up(ComposeUpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ComposeRunArgs {
+    /// Keep standard input open and pass it to the container.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Allocate a pseudo-terminal for the container.
+    #[arg(long, short = 't')]
+    pub tty: bool,
+    /// Publish the service's `ports` too (`compose run` leaves them out by default).
+    #[arg(long)]
+    pub service_ports: bool,
+    /// The service, then a command that replaces its `command`.
+    #[arg(
+        value_name = "SERVICE [COMMAND [ARG...]]",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub service_and_command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ComposeUpArgs {
+    /// Services to start (default: every service in the file).
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -22,7 +22,7 @@ pub fn port_mappings(args: &ContainerFlags) -> anyhow::Result<Vec<PortMapping>> 
 }
 
 /// Turns --host-service and --service flags into bindings.
-pub fn bindings(
+pub async fn bindings(
     engine: &Arc<Engine>,
     args: &ContainerFlags,
 ) -> anyhow::Result<Vec<ServiceBinding>> {
@@ -32,9 +32,10 @@ pub fn bindings(
         let service = engine.host().service(spec.ports, &spec.host);
         bindings.push(ServiceBinding::new(&spec.alias, service)?);
     }
-    if let Some(service) = args.services.first() {
-        // TODO: bind compose services once the compose module lands.
-        bail!("--service {service:?} needs compose support, which this build lacks");
+    if !args.services.is_empty() {
+        let compose =
+            super::compose::bindings(engine, args.compose_file.as_deref(), &args.services);
+        bindings.extend(compose.await?);
     }
     Ok(bindings)
 }

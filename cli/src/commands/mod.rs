@@ -1,5 +1,6 @@
 //! One module per subcommand; `dispatch` enters the engine's namespaces first when needed.
 
+mod compose;
 mod container_flags;
 mod images;
 mod login;
@@ -49,6 +50,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Prune => images::prune(&engine),
             Command::Run(args) => run::run(&engine, *args).await,
             Command::Up(args) => up::up(&engine, *args).await,
+            Command::Compose(args) => compose::compose(&engine, args).await,
             Command::System(SystemCommand::Reset(args)) => system::reset(&engine, args),
             Command::Login(_) | Command::Logout(_) => unreachable!("handled above"),
         }

@@ -32,7 +32,7 @@ pub async fn run(engine: &Arc<Engine>, args: RunArgs) -> anyhow::Result<ExitCode
         definition: container_flags::definition(flags, args.image())?,
         command: args.command().to_vec(),
         publish: container_flags::port_mappings(flags)?,
-        bindings: container_flags::bindings(engine, flags)?,
+        bindings: container_flags::bindings(engine, flags).await?,
         network: args.network,
         hostname: args.hostname.clone(),
         interactive: args.interactive,

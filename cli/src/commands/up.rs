@@ -31,7 +31,7 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
         .map(UpPort::from)
         .collect();
     let mut container = Container::from_definition(engine.clone(), definition);
-    for binding in container_flags::bindings(engine, flags)? {
+    for binding in container_flags::bindings(engine, flags).await? {
         container = container.with_service_binding(&binding.alias, &binding.service)?;
     }
 

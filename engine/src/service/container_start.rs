@@ -16,8 +16,9 @@ use super::ports;
 use super::{HealthSettings, ServiceCommand};
 use crate::container::{exec, prepare, Container, ProcessRequest};
 use crate::definition::Change;
+use crate::health_check::{wait_until_healthy, HealthCheck, HealthTest};
 use crate::network::ContainerLink;
-use crate::runtime::{self, ContainerProcess, ExitStatus, Stdio};
+use crate::runtime::{self, ContainerProcess, ExitStatus, ProcessHandle, Stdio};
 use crate::session::Engine;
 use mayfly_image::layers::LayerHold;
 
@@ -88,6 +89,7 @@ pub(super) async fn start(
         .expect("the container start task panicked")?;
 
     let pid = process.pid();
+    let handle = process.handle();
     let (instance, control) =
         Instance::new(name, hostname.to_owned(), link.address(), exposed, output);
     let held = Held {
@@ -103,7 +105,8 @@ pub(super) async fn start(
         engine.config().stop_timeout,
     ));
 
-    match wait_healthy(engine, &instance, pid, health).await {
+    let check = command_check(health, &image.config, &instance.name);
+    match wait_healthy(engine, &instance, pid, &handle, check.as_ref(), health).await {
         Ok(()) => {
             tracing::info!(service = %instance.name, hostname = %instance.hostname, "service is healthy");
             Ok(instance)
@@ -147,8 +150,14 @@ async fn drive(
     };
     let status = match ending {
         Ending::Exited(status) => {
-            if let Ok(status) = &status {
-                tracing::warn!(service = %instance.name, hostname = %instance.hostname, %status, "service exited on its own");
+            match &status {
+                Ok(status) if status.success() => {
+                    tracing::info!(service = %instance.name, hostname = %instance.hostname, "service finished")
+                }
+                Ok(status) => {
+                    tracing::warn!(service = %instance.name, hostname = %instance.hostname, %status, "service exited on its own")
+                }
+                Err(_) => {}
             }
             status
         }
@@ -177,28 +186,67 @@ async fn drive(
     let _ = exited.send(Some(status));
 }
 
-/// Waits until every checked port of the instance accepts connections, failing at once
-/// when the instance exits first.
+/// Returns the command check that replaces the port check: the one given, else the
+/// image's HEALTHCHECK. `NONE` means no command check.
+fn command_check(
+    health: &HealthSettings,
+    config: &mayfly_image::manifest::ImageConfig,
+    service: &str,
+) -> Option<HealthCheck> {
+    let check = match &health.check {
+        Some(check) => Some(check.clone()),
+        None => {
+            let image_check = config
+                .config
+                .as_ref()
+                .and_then(|config| config.healthcheck.as_ref())
+                .map(HealthCheck::from_image)
+                .transpose();
+            // Docker ignores a HEALTHCHECK it cannot read, and so does mayfly, with a warning.
+            image_check
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%service, %error, "ignoring the image's HEALTHCHECK");
+                    None
+                })
+                .flatten()
+        }
+    };
+    check.filter(|check| check.test != HealthTest::None)
+}
+
+/// Waits until the instance is healthy: the command check passes, or without one, every
+/// checked port accepts connections. Fails at once when the instance exits first.
 async fn wait_healthy(
     engine: &Arc<Engine>,
     instance: &Arc<Instance>,
     pid: i32,
+    handle: &ProcessHandle,
+    check: Option<&HealthCheck>,
     health: &HealthSettings,
 ) -> Result<(), ServiceError> {
     let deadline_length = health.deadline.unwrap_or(engine.config().health_deadline);
     let deadline = Instant::now() + deadline_length;
     let sandbox = engine.network().await?.sandbox().clone();
-    let checked = health::checked_ports(&instance.ports);
-    // TODO: run the command check of `health.check` or the image's HEALTHCHECK instead.
-    let ports = health::wait_for_ports(&sandbox, instance.address, &checked, Some(pid), deadline);
+    let checked = match check {
+        Some(_) => Vec::new(),
+        None => health::checked_ports(&instance.ports),
+    };
+    let ports = async {
+        health::wait_for_ports(&sandbox, instance.address, &checked, Some(pid), deadline).await?;
+        if let Some(check) = check {
+            tracing::info!(service = %instance.name, command = %check.test, "running the health command");
+            wait_until_healthy(handle, check, deadline.into_std())
+                .await
+                .map_err(PortProblem::Command)?;
+        }
+        Ok(())
+    };
 
     let service = || instance.name.clone();
+    // Ports first: a service with nothing to check is ready even if it already exited, as a
+    // job that runs to completion does.
     tokio::select! {
-        status = instance.exited() => Err(ServiceError::ExitedDuringStart {
-            service: service(),
-            status,
-            output: instance.output.tail(),
-        }),
+        biased;
         result = ports => result.map_err(|problem| match problem {
             PortProblem::NotListening { port } => ServiceError::NotListening {
                 service: service(),
@@ -211,6 +259,16 @@ async fn wait_healthy(
                 port,
                 output: instance.output.tail(),
             },
+            PortProblem::Command(source) => ServiceError::Unhealthy {
+                service: service(),
+                output: instance.output.tail(),
+                source: Box::new(source),
+            },
+        }),
+        status = instance.exited() => Err(ServiceError::ExitedDuringStart {
+            service: service(),
+            status,
+            output: instance.output.tail(),
         }),
     }
 }

@@ -67,6 +67,13 @@ pub enum ServiceError {
         port: u16,
         output: String,
     },
+    #[error("service {service} is unhealthy; its output ends with:\n{output}")]
+    Unhealthy {
+        service: String,
+        output: String,
+        #[source]
+        source: Box<crate::health_check::CommandHealthError>,
+    },
     #[error(
         "service {service}, bound as {alias:?}, exited with {status} while its client ran; \
          its output ends with:\n{output}"
@@ -81,6 +88,17 @@ pub enum ServiceError {
         "invalid --host-service {value:?}: {reason}; write ALIAS=tcp://HOST:PORT[,udp://HOST:PORT]"
     )]
     InvalidHostService { value: String, reason: String },
+    #[error(transparent)]
+    Compose(#[from] crate::compose::ComposeError),
+    #[error(
+        "compose job {service} exited with {status}, and a service depends on it completing \
+         successfully; its output ends with:\n{output}"
+    )]
+    JobFailed {
+        service: String,
+        status: ExitStatus,
+        output: String,
+    },
     #[error("invalid service alias {alias:?}: {reason}")]
     InvalidAlias { alias: String, reason: &'static str },
     #[error("host service {host:?} cannot be resolved on this host; use an address or a name in /etc/hosts")]

@@ -17,12 +17,14 @@ const MAX_BACKOFF: Duration = Duration::from_millis(250);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a port never answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum PortProblem {
     /// Nothing accepted connections on the port before the deadline.
     NotListening { port: u16 },
     /// The service listens on the port, but only on its loopback address.
     LoopbackOnly { port: u16 },
+    /// The command check failed.
+    Command(crate::health_check::CommandHealthError),
 }
 
 /// The TCP ports that get a port check.

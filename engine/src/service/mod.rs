@@ -31,6 +31,7 @@
 //! ```
 
 mod binding;
+mod compose;
 mod container_start;
 mod error;
 mod health;
@@ -49,6 +50,7 @@ use mayfly_image::digest::Digest;
 
 pub use crate::definition::ServiceCommand;
 pub use binding::{BoundServices, ServiceBinding};
+pub use compose::{definition_of, ComposeServices};
 pub use error::ServiceError;
 pub use host::{Host, HostServiceSpec, PortForward};
 pub use instance::Instance;

@@ -1,0 +1,255 @@
+//! `mayfly compose run` and `mayfly compose up`: services of a Compose file, started just in
+//! time and shared, with the file's aliases, health checks and ports.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::bail;
+use mayfly_engine::compose::{find_default_file, ComposePort, ComposeProject};
+use mayfly_engine::network::PortMapping;
+use mayfly_engine::service::{
+    ComposeServices, OutputLine, PublishedService, ServiceBinding, ServiceRef, UpPort,
+};
+use mayfly_engine::Engine;
+use mayfly_image::reference::Reference;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::pull::parse_platform;
+use super::run::{run_plan, RunPlan, Signals};
+use crate::args::{ComposeArgs, ComposeCommand, ComposeRunArgs, ComposeUpArgs, NetworkMode};
+
+pub async fn compose(engine: &Arc<Engine>, args: ComposeArgs) -> anyhow::Result<ExitCode> {
+    let services = load(engine, args.file.as_deref())?;
+    match args.command {
+        ComposeCommand::Run(run) => compose_run(engine, services, run).await,
+        ComposeCommand::Up(up) => compose_up(engine, services, up).await,
+    }
+}
+
+/// Loads the Compose file (or the default one here) and prints its warnings once.
+pub(super) fn load(engine: &Arc<Engine>, file: Option<&Path>) -> anyhow::Result<ComposeServices> {
+    let file = match file {
+        Some(file) => file.to_owned(),
+        None => find_default_file(&std::env::current_dir()?)?,
+    };
+    let project = ComposeProject::load(&file)?;
+    for warning in &project.warnings {
+        eprintln!("mayfly: warning: {}: {warning}", file.display());
+    }
+    Ok(ComposeServices::new(engine.clone(), project))
+}
+
+/// Turns `--service ALIAS=SERVICE` flags into bindings to services of the Compose file, after
+/// the jobs those services need have completed.
+pub(super) async fn bindings(
+    engine: &Arc<Engine>,
+    file: Option<&Path>,
+    specs: &[String],
+) -> anyhow::Result<Vec<ServiceBinding>> {
+    let services = load(engine, file)?;
+    let mut bindings = Vec::new();
+    let mut names = Vec::new();
+    for spec in specs {
+        let Some((alias, name)) = spec.split_once('=') else {
+            bail!("invalid --service {spec:?}: write ALIAS=SERVICE, with SERVICE from the Compose file");
+        };
+        bindings.push(ServiceBinding::new(alias, services.service(name)?)?);
+        names.push(name);
+    }
+    services.run_jobs(&names).await?;
+    Ok(bindings)
+}
+
+async fn compose_run(
+    engine: &Arc<Engine>,
+    services: ComposeServices,
+    args: ComposeRunArgs,
+) -> anyhow::Result<ExitCode> {
+    let name = &args.service_and_command[0];
+    let command = args.service_and_command[1..].to_vec();
+    let compose = services.project().service(name)?.clone();
+    services.run_jobs(&[name]).await?;
+    let container = services.container(name)?;
+    let publish = match args.service_ports {
+        true => compose.ports.iter().map(port_mapping).collect(),
+        false => Vec::new(),
+    };
+    let plan = RunPlan {
+        reference: Reference::parse(&compose.image)?,
+        platform: parse_platform(compose.platform.as_deref())?,
+        definition: container.definition().clone(),
+        command,
+        publish,
+        bindings: container.bindings().to_vec(),
+        network: NetworkMode::Sandbox,
+        hostname: None,
+        interactive: args.interactive,
+        tty: args.tty,
+        no_init: false,
+    };
+    run_plan(engine, plan).await
+}
+
+/// A running service of `compose up`: its name and what keeps it running.
+enum Running {
+    Published(PublishedService),
+    Held(ServiceRef),
+}
+
+impl Running {
+    fn reference(&self) -> &ServiceRef {
+        match self {
+            Running::Published(published) => published.reference(),
+            Running::Held(reference) => reference,
+        }
+    }
+}
+
+async fn compose_up(
+    engine: &Arc<Engine>,
+    services: ComposeServices,
+    args: ComposeUpArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut signals = Signals::listen()?;
+    let roots: Vec<&str> = args.services.iter().map(String::as_str).collect();
+    for root in &roots {
+        services.project().service(root)?;
+    }
+    let started = tokio::select! {
+        started = start_all(&services, &roots) => started,
+        signal = signals.stop_requested() => {
+            eprintln!("mayfly: {signal} received; stopping");
+            engine.stop_services().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    let running = match started {
+        Ok(running) => running,
+        Err(error) => {
+            engine.stop_services().await;
+            return Err(error);
+        }
+    };
+    eprintln!("mayfly: press Ctrl-C to stop");
+
+    let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for (name, service) in &running {
+        let (history, mut receiver) = service
+            .reference()
+            .instance()
+            .output
+            .history_and_subscribe();
+        for line in history {
+            println!("{name} | {line}");
+        }
+        let sender = sender.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(OutputLine { text, .. }) => {
+                        if sender.send(format!("{name} | {text}")).is_err() {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        eprintln!("mayfly: {missed} lines of {name}'s output were skipped")
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+    let exits = running.iter().map(|(name, service)| {
+        Box::pin(async move {
+            let status = service.reference().instance().exited().await;
+            (name.clone(), status)
+        })
+    });
+    let mut first_exit = futures::future::select_all(exits);
+    let outcome = loop {
+        tokio::select! {
+            Some(line) = lines.recv() => println!("{line}"),
+            ((name, status), _, _) = &mut first_exit => break Err((name, status)),
+            signal = signals.stop_requested() => {
+                eprintln!("mayfly: {signal} received; stopping");
+                break Ok(());
+            }
+        }
+    };
+    drop(first_exit);
+    drop(running);
+    engine.stop_services().await;
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err((name, status)) => bail!("service {name} exited with {status}"),
+    }
+}
+
+/// Runs the jobs, then starts each root (every service that is not a job, by default) in
+/// dependency order and publishes its ports.
+async fn start_all(
+    services: &ComposeServices,
+    roots: &[&str],
+) -> anyhow::Result<Vec<(String, Running)>> {
+    services.run_jobs(roots).await?;
+    let project = services.project();
+    let jobs: Vec<&str> = project
+        .services
+        .values()
+        .flat_map(|service| &service.depends_on)
+        .filter(|dependency| {
+            dependency.condition
+                == mayfly_engine::compose::DependencyCondition::CompletedSuccessfully
+        })
+        .map(|dependency| dependency.service.as_str())
+        .collect();
+    let order = project.dependency_order(roots)?;
+    let selected: Vec<&String> = order
+        .iter()
+        .filter(|name| match roots.is_empty() {
+            true => !jobs.contains(&name.as_str()),
+            false => roots.contains(&name.as_str()),
+        })
+        .collect();
+
+    let mut running = Vec::new();
+    for name in selected {
+        let compose = project.service(name)?;
+        let service = services.service(name)?;
+        let hostname = service.hostname().await?;
+        eprintln!("mayfly: starting {name} ({}) as {hostname}", compose.image);
+        let entry = if compose.ports.is_empty() {
+            Running::Held(service.acquire().await?)
+        } else {
+            let ports = compose
+                .ports
+                .iter()
+                .map(|port| UpPort::from(port_mapping(port)))
+                .collect();
+            let published = service.up(ports).await?;
+            for (address, port) in published.ports() {
+                eprintln!(
+                    "mayfly: {name} is up: {address}/{} -> {hostname}:{}",
+                    port.protocol, port.port
+                );
+            }
+            Running::Published(published)
+        };
+        running.push((name.clone(), entry));
+    }
+    Ok(running)
+}
+
+/// A Compose port with mayfly's defaults: 127.0.0.1, and a free host port when none is
+/// given.
+fn port_mapping(port: &ComposePort) -> PortMapping {
+    let address = port.host_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    PortMapping {
+        host: SocketAddr::new(address, port.published.unwrap_or(0)),
+        container_port: port.target,
+        protocol: port.protocol,
+    }
+}
