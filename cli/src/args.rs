@@ -105,6 +105,34 @@ pub struct LogoutArgs {
     pub registry: Option<String>,
 }
 
+/// Docker's health-check flags, and the overall wait mayfly adds.
+#[derive(Debug, Args)]
+pub struct HealthFlags {
+    /// Command that checks the container's health, run with /bin/sh -c inside it; it
+    /// replaces the port check (exit status 0 means healthy).
+    #[arg(long = "health-cmd", value_name = "COMMAND")]
+    pub cmd: Option<String>,
+    /// Time between checks, such as 2s or 1m30s (default 30s).
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    pub interval: Option<String>,
+    /// Time one check may run before it counts as failed (default 30s).
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Consecutive failures that make the container unhealthy (default 3).
+    #[arg(long = "health-retries", value_name = "N")]
+    pub retries: Option<u32>,
+    /// Start-up time during which failed checks do not count (default 0s).
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    pub start_period: Option<String>,
+    /// Disable the image's HEALTHCHECK.
+    #[arg(long = "no-healthcheck", conflicts_with = "cmd")]
+    pub no_healthcheck: bool,
+    /// Overall time a service has to become healthy (default: the health-deadline setting,
+    /// 60s).
+    #[arg(long = "health-deadline", value_name = "DURATION")]
+    pub deadline: Option<String>,
+}
+
 /// Flags that shape the container, shared by `run` and `up`.
 #[derive(Debug, Args)]
 pub struct ContainerFlags {
@@ -156,6 +184,8 @@ pub struct ContainerFlags {
     /// other usual names in the current directory).
     #[arg(long = "file", short = 'f', value_name = "FILE")]
     pub compose_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub health: HealthFlags,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,8 @@ use anyhow::bail;
 use mayfly_engine::compose::{find_default_file, ComposePort, ComposeProject};
 use mayfly_engine::network::PortMapping;
 use mayfly_engine::service::{
-    ComposeServices, OutputLine, PublishedService, ServiceBinding, ServiceRef, UpPort,
+    ComposeServices, HealthSettings, OutputLine, PublishedService, ServiceBinding, ServiceRef,
+    UpPort,
 };
 use mayfly_engine::Engine;
 use mayfly_image::reference::Reference;
@@ -88,6 +89,7 @@ async fn compose_run(
         interactive: args.interactive,
         tty: args.tty,
         no_init: false,
+        health: HealthSettings::default(),
     };
     run_plan(engine, plan).await
 }

@@ -3,14 +3,51 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use mayfly_engine::definition::{Change, Definition};
+use mayfly_engine::health_check::{parse_duration, HealthCheck, HealthTest};
 use mayfly_engine::network::PortMapping;
-use mayfly_engine::service::{HostServiceSpec, ServiceBinding};
+use mayfly_engine::service::{HealthSettings, HostServiceSpec, ServiceBinding};
 use mayfly_engine::Engine;
 
-use crate::args::ContainerFlags;
+use crate::args::{ContainerFlags, HealthFlags};
+
+/// Turns the health flags into a service's health settings.
+pub fn health_settings(flags: &HealthFlags) -> anyhow::Result<HealthSettings> {
+    let duration = |name: &str, value: &Option<String>| -> anyhow::Result<Option<Duration>> {
+        value
+            .as_deref()
+            .map(|text| parse_duration(text).with_context(|| format!("invalid --{name} {text:?}")))
+            .transpose()
+    };
+    let interval = duration("health-interval", &flags.interval)?;
+    let timeout = duration("health-timeout", &flags.timeout)?;
+    let start_period = duration("health-start-period", &flags.start_period)?;
+    let deadline = duration("health-deadline", &flags.deadline)?;
+
+    let timing_given = interval.is_some()
+        || timeout.is_some()
+        || start_period.is_some()
+        || flags.retries.is_some();
+    let check = match (&flags.cmd, flags.no_healthcheck) {
+        (Some(command), _) => {
+            let mut check = HealthCheck::new(HealthTest::Shell(command.clone()));
+            check.interval = interval.unwrap_or(check.interval);
+            check.timeout = timeout.unwrap_or(check.timeout);
+            check.start_period = start_period.unwrap_or(check.start_period);
+            check.retries = flags.retries.unwrap_or(check.retries);
+            Some(check)
+        }
+        (None, true) => Some(HealthCheck::new(HealthTest::None)),
+        (None, false) if timing_given => {
+            bail!("--health-interval, --health-timeout, --health-retries and --health-start-period need --health-cmd")
+        }
+        (None, false) => None,
+    };
+    Ok(HealthSettings { check, deadline })
+}
 
 /// Parses every --publish flag.
 pub fn port_mappings(args: &ContainerFlags) -> anyhow::Result<Vec<PortMapping>> {

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use mayfly_engine::container::{self, ProcessRequest};
 use mayfly_engine::definition::Definition;
+use mayfly_engine::health_check::{wait_until_healthy, HealthTest};
 use mayfly_engine::network::{self, PortMapping};
 use mayfly_engine::runtime::{self, ContainerProcess, ProcessHandle, Stdio};
-use mayfly_engine::service::{BoundServices, ServiceBinding};
+use mayfly_engine::service::{BoundServices, HealthSettings, ServiceBinding};
 use mayfly_image::reference::Reference;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,6 +39,7 @@ pub async fn run(engine: &Arc<Engine>, args: RunArgs) -> anyhow::Result<ExitCode
         interactive: args.interactive,
         tty: args.tty,
         no_init: flags.no_init,
+        health: container_flags::health_settings(&flags.health)?,
     };
     run_plan(engine, plan).await
 }
@@ -56,6 +58,8 @@ pub(super) struct RunPlan {
     pub interactive: bool,
     pub tty: bool,
     pub no_init: bool,
+    /// A command check to report on while the container runs.
+    pub health: HealthSettings,
 }
 
 /// Runs the container of `plan` with the caller's standard streams, after its bound services
@@ -170,6 +174,7 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan: RunPlan) -> anyhow::Res
     .await
     .context("the container start task panicked")??;
 
+    let reporter = report_health(engine, &process, &plan.health);
     let outcome = supervise(
         process,
         signals,
@@ -178,6 +183,9 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan: RunPlan) -> anyhow::Res
         &bound,
     )
     .await;
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
     drop(published);
     if let Some(link) = link {
         link.leave_to_session_end();
@@ -186,6 +194,28 @@ pub(super) async fn run_plan(engine: &Arc<Engine>, plan: RunPlan) -> anyhow::Res
     engine.stop_services().await;
     let status = outcome?;
     Ok(ExitCode::from(u8::try_from(status).unwrap_or(255)))
+}
+
+/// Runs the command check of `health`, if any, while the container runs and says on
+/// standard error when the container turns healthy or unhealthy, as `docker ps` would show.
+fn report_health(
+    engine: &Engine,
+    process: &ContainerProcess,
+    health: &HealthSettings,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let check = health.check.clone()?;
+    if check.test == HealthTest::None {
+        return None;
+    }
+    let handle = process.handle();
+    let deadline =
+        std::time::Instant::now() + health.deadline.unwrap_or(engine.config().health_deadline);
+    Some(tokio::spawn(async move {
+        match wait_until_healthy(&handle, &check, deadline).await {
+            Ok(()) => eprintln!("mayfly: the container is healthy"),
+            Err(error) => eprintln!("mayfly: the container is unhealthy: {error}"),
+        }
+    }))
 }
 
 /// Waits for the container while forwarding SIGINT, SIGTERM, SIGHUP and SIGQUIT to it; a

@@ -40,11 +40,13 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
         .images()
         .ensure(&reference, platform, &PullProgress::new(false))
         .await?;
-    let service = container.as_service(ServiceCommand {
-        args: args.command().to_vec(),
-        use_entrypoint: true,
-        no_init: flags.no_init,
-    });
+    let service = container
+        .as_service(ServiceCommand {
+            args: args.command().to_vec(),
+            use_entrypoint: true,
+            no_init: flags.no_init,
+        })
+        .with_health(container_flags::health_settings(&flags.health)?);
     let hostname = service.hostname().await?;
     let name = short_name(&reference);
     eprintln!(

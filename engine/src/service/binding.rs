@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use mayfly_netns::DnsRegistry;
 
-use super::error::ServiceError;
+use super::error::{OutputTail, ServiceError};
 use super::registry::ServiceRef;
 use super::Service;
 
@@ -106,7 +106,7 @@ impl BoundServices {
                     service: instance.name.clone(),
                     alias: alias.clone(),
                     status,
-                    output: instance.output.tail(),
+                    output: OutputTail(instance.output.tail()),
                 }
             })
         });

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::error::ServiceError;
+use super::error::{OutputTail, ServiceError};
 use super::{HealthSettings, Service, ServiceCommand};
 use crate::compose::{ComposeProject, ComposeService, DependencyCondition, Mount};
 use crate::container::Container;
@@ -106,7 +106,7 @@ impl ComposeServices {
                 return Err(ServiceError::JobFailed {
                     service: job.to_owned(),
                     status,
-                    output: instance.output.tail(),
+                    output: OutputTail(instance.output.tail()),
                 });
             }
         }

@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use super::binding::BoundServices;
-use super::error::ServiceError;
+use super::error::{OutputTail, ServiceError};
 use super::health::{self, PortProblem};
 use super::instance::{Instance, InstanceControl, StopMode};
 use super::output::{OutputLog, Stream};
@@ -155,7 +155,7 @@ async fn drive(
                     tracing::info!(service = %instance.name, hostname = %instance.hostname, "service finished")
                 }
                 Ok(status) => {
-                    tracing::warn!(service = %instance.name, hostname = %instance.hostname, %status, "service exited on its own")
+                    tracing::info!(service = %instance.name, hostname = %instance.hostname, %status, "service exited on its own")
                 }
                 Err(_) => {}
             }
@@ -252,23 +252,23 @@ async fn wait_healthy(
                 service: service(),
                 port,
                 deadline: deadline_length,
-                output: instance.output.tail(),
+                output: OutputTail(instance.output.tail()),
             },
             PortProblem::LoopbackOnly { port } => ServiceError::LoopbackOnly {
                 service: service(),
                 port,
-                output: instance.output.tail(),
+                output: OutputTail(instance.output.tail()),
             },
             PortProblem::Command(source) => ServiceError::Unhealthy {
                 service: service(),
-                output: instance.output.tail(),
+                output: OutputTail(instance.output.tail()),
                 source: Box::new(source),
             },
         }),
         status = instance.exited() => Err(ServiceError::ExitedDuringStart {
             service: service(),
             status,
-            output: instance.output.tail(),
+            output: OutputTail(instance.output.tail()),
         }),
     }
 }

@@ -5,6 +5,19 @@ use std::time::Duration;
 
 use crate::runtime::ExitStatus;
 
+/// The last lines of a service's output, for error messages.
+#[derive(Debug, Clone)]
+pub struct OutputTail(pub String);
+
+impl std::fmt::Display for OutputTail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.trim().is_empty() {
+            return f.write_str("it printed nothing");
+        }
+        write!(f, "its output ends with:\n{}", self.0)
+    }
+}
+
 /// Errors from starting, checking, binding or stopping a service.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -38,51 +51,49 @@ pub enum ServiceError {
         #[source]
         source: mayfly_netns::DnsError,
     },
-    #[error(
-        "service {service} exited with {status} before it was ready; its output ends with:\n{output}"
-    )]
+    #[error("service {service} exited with {status} before it was ready; {output}")]
     ExitedDuringStart {
         service: String,
         status: ExitStatus,
-        output: String,
+        output: OutputTail,
     },
     #[error(
         "service {service} did not accept connections on port {port} within {deadline:?}; \
          check that it listens on that port, or raise the deadline (--health-deadline); \
-         its output ends with:\n{output}"
+         {output}"
     )]
     NotListening {
         service: String,
         port: u16,
         deadline: Duration,
-        output: String,
+        output: OutputTail,
     },
     #[error(
         "service {service} listens on port {port} only on its loopback address, so no other \
-         container can reach it; make it listen on 0.0.0.0 (all addresses); its output ends \
-         with:\n{output}"
+         container can reach it; make it listen on 0.0.0.0 (all addresses); \
+         {output}"
     )]
     LoopbackOnly {
         service: String,
         port: u16,
-        output: String,
+        output: OutputTail,
     },
-    #[error("service {service} is unhealthy; its output ends with:\n{output}")]
+    #[error("service {service} is unhealthy; {output}")]
     Unhealthy {
         service: String,
-        output: String,
+        output: OutputTail,
         #[source]
         source: Box<crate::health_check::CommandHealthError>,
     },
     #[error(
         "service {service}, bound as {alias:?}, exited with {status} while its client ran; \
-         its output ends with:\n{output}"
+         {output}"
     )]
     BoundServiceExited {
         service: String,
         alias: String,
         status: ExitStatus,
-        output: String,
+        output: OutputTail,
     },
     #[error(
         "invalid --host-service {value:?}: {reason}; write ALIAS=tcp://HOST:PORT[,udp://HOST:PORT]"
@@ -92,12 +103,12 @@ pub enum ServiceError {
     Compose(#[from] crate::compose::ComposeError),
     #[error(
         "compose job {service} exited with {status}, and a service depends on it completing \
-         successfully; its output ends with:\n{output}"
+         successfully; {output}"
     )]
     JobFailed {
         service: String,
         status: ExitStatus,
-        output: String,
+        output: OutputTail,
     },
     #[error("invalid service alias {alias:?}: {reason}")]
     InvalidAlias { alias: String, reason: &'static str },

@@ -51,7 +51,7 @@ use mayfly_image::digest::Digest;
 pub use crate::definition::ServiceCommand;
 pub use binding::{BoundServices, ServiceBinding};
 pub use compose::{definition_of, ComposeServices};
-pub use error::ServiceError;
+pub use error::{OutputTail, ServiceError};
 pub use host::{Host, HostServiceSpec, PortForward};
 pub use instance::Instance;
 pub use output::{OutputLine, OutputLog, Stream};

@@ -150,7 +150,8 @@ impl Registry {
                     let status = instance.exited().await;
                     tracing::info!(service = %instance.name, hostname = %instance.hostname, %status, "service stopped");
                 }
-                Err(error) => tracing::warn!(%digest, %error, "service failed to start"),
+                // The clients that waited get the error; the log keeps only the fact.
+                Err(_) => tracing::info!(%digest, "service failed to start"),
             }
             registry.forget(&digest, generation);
             let _ = gone_sender.send(true);
