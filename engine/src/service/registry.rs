@@ -62,6 +62,23 @@ impl Drop for ServiceRef {
     }
 }
 
+/// A counted reference whose client is still waiting for the start.
+struct PendingRef {
+    registry: Arc<Registry>,
+    digest: Digest,
+    generation: u64,
+    /// False once a [`ServiceRef`] owns the count.
+    counted: bool,
+}
+
+impl Drop for PendingRef {
+    fn drop(&mut self) {
+        if self.counted {
+            self.registry.release(&self.digest, self.generation);
+        }
+    }
+}
+
 enum Next {
     /// Wait for the instance that is stopping, then try again.
     AfterStop(watch::Receiver<bool>),
@@ -145,6 +162,10 @@ impl Registry {
         tokio::spawn(async move {
             let result = starting.await.map_err(Arc::new);
             let _ = started_sender.send(Some(result.clone()));
+            if result.is_ok() {
+                // Every client may have gone, or a stop come, while the start ran.
+                registry.stop_later_if_unused(&digest, generation);
+            }
             match result {
                 Ok(instance) => {
                     let status = instance.exited().await;
@@ -165,24 +186,28 @@ impl Registry {
         mut started: watch::Receiver<StartResult>,
         generation: u64,
     ) -> Result<ServiceRef, ServiceError> {
+        // The reference is counted already; a client cancelled while it waits gives it back.
+        let mut pending = PendingRef {
+            registry: self.clone(),
+            digest: digest.clone(),
+            generation,
+            counted: true,
+        };
         let result = match started.wait_for(Option::is_some).await {
             Ok(result) => result.clone().expect("waited for a result"),
-            Err(_) => {
-                self.release(digest, generation);
-                panic!("a service start task ended without a result");
-            }
+            Err(_) => panic!("a service start task ended without a result"),
         };
         match result {
-            Ok(instance) => Ok(ServiceRef {
-                registry: self.clone(),
-                digest: digest.clone(),
-                generation,
-                instance,
-            }),
-            Err(error) => {
-                self.release(digest, generation);
-                Err(ServiceError::Shared(error))
+            Ok(instance) => {
+                pending.counted = false;
+                Ok(ServiceRef {
+                    registry: self.clone(),
+                    digest: digest.clone(),
+                    generation,
+                    instance,
+                })
             }
+            Err(error) => Err(ServiceError::Shared(error)),
         }
     }
 
@@ -208,7 +233,31 @@ impl Registry {
         }
         entry.refs -= 1;
         entry.epoch += 1;
-        if entry.refs > 0 || entry.stopping {
+        drop(entries);
+        self.stop_later_if_unused(digest, generation);
+    }
+
+    /// Stops the instance one grace period from now unless a reference comes back first; a
+    /// stop asked for during the start happens at once. An instance still starting is left
+    /// to the end of its start, which calls this again.
+    fn stop_later_if_unused(self: &Arc<Self>, digest: &Digest, generation: u64) {
+        let mut entries = self.lock();
+        let Some(entry) = entries.by_digest.get_mut(digest) else {
+            return;
+        };
+        if entry.generation != generation {
+            return;
+        }
+        let instance = entry.started.borrow().clone().and_then(Result::ok);
+        let Some(instance) = instance else {
+            return;
+        };
+        if entry.stopping {
+            drop(entries);
+            instance.request_stop(StopMode::Graceful);
+            return;
+        }
+        if entry.refs > 0 {
             return;
         }
         let epoch = entry.epoch;
@@ -280,5 +329,118 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().expect("service registry poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::runtime::ExitStatus;
+    use crate::service::output::OutputLog;
+
+    /// Starts a fake instance whose driver reports exit 0 once a stop is asked for, and
+    /// counts starts and stops.
+    fn fake_start(
+        starts: Arc<AtomicUsize>,
+        stops: Arc<AtomicUsize>,
+        delay: Duration,
+    ) -> impl FnOnce() -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Arc<Instance>, ServiceError>> + Send>,
+    > {
+        move || {
+            Box::pin(async move {
+                starts.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                let (instance, control) = Instance::new(
+                    "fake".to_owned(),
+                    "fakehost".to_owned(),
+                    IpAddr::from([10, 89, 0, 2]),
+                    Vec::new(),
+                    Arc::new(OutputLog::default()),
+                );
+                tokio::spawn(async move {
+                    let _ = control.stop.await;
+                    stops.fetch_add(1, Ordering::SeqCst);
+                    let _ = control.exited.send(Some(ExitStatus::Exited(0)));
+                });
+                Ok(instance)
+            })
+        }
+    }
+
+    use std::net::IpAddr;
+
+    fn digest() -> Digest {
+        Digest::of_bytes(b"service")
+    }
+
+    #[tokio::test]
+    async fn concurrent_clients_share_one_start() {
+        let registry = Registry::new(Duration::from_millis(50));
+        let starts = Arc::new(AtomicUsize::new(0));
+        let stops = Arc::new(AtomicUsize::new(0));
+        let acquires = (0..50).map(|_| {
+            let start = fake_start(starts.clone(), stops.clone(), Duration::from_millis(20));
+            let registry = registry.clone();
+            async move { registry.acquire(&digest(), start).await.unwrap() }
+        });
+        let references = futures::future::join_all(acquires).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+
+        drop(references);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stops.load(Ordering::SeqCst), 1);
+        assert!(registry.lock().by_digest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn new_client_in_grace_period_cancels_stop() {
+        let registry = Registry::new(Duration::from_millis(100));
+        let starts = Arc::new(AtomicUsize::new(0));
+        let stops = Arc::new(AtomicUsize::new(0));
+        let start = || fake_start(starts.clone(), stops.clone(), Duration::ZERO);
+
+        let first = registry.acquire(&digest(), start()).await.unwrap();
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let second = registry.acquire(&digest(), start()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(stops.load(Ordering::SeqCst), 0);
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        drop(second);
+    }
+
+    #[tokio::test]
+    async fn cancelled_first_client_still_starts_and_stops() {
+        let registry = Registry::new(Duration::from_millis(20));
+        let starts = Arc::new(AtomicUsize::new(0));
+        let stops = Arc::new(AtomicUsize::new(0));
+        let start = fake_start(starts.clone(), stops.clone(), Duration::from_millis(50));
+
+        let digest = digest();
+        let cancelled =
+            tokio::time::timeout(Duration::from_millis(10), registry.acquire(&digest, start));
+        assert!(cancelled.await.is_err());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert_eq!(stops.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn stopping_instance_is_not_handed_out() {
+        let registry = Registry::new(Duration::ZERO);
+        let starts = Arc::new(AtomicUsize::new(0));
+        let stops = Arc::new(AtomicUsize::new(0));
+        let start = || fake_start(starts.clone(), stops.clone(), Duration::ZERO);
+
+        let first = registry.acquire(&digest(), start()).await.unwrap();
+        let first_instance = first.instance().clone();
+        drop(first);
+        assert!(registry.stop_unused_now(&digest(), StopMode::Graceful));
+        let second = registry.acquire(&digest(), start()).await.unwrap();
+        assert!(!Arc::ptr_eq(second.instance(), &first_instance));
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
     }
 }
