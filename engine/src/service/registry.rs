@@ -340,15 +340,16 @@ mod tests {
     use crate::runtime::ExitStatus;
     use crate::service::output::OutputLog;
 
+    type FakeStart =
+        std::pin::Pin<Box<dyn Future<Output = Result<Arc<Instance>, ServiceError>> + Send>>;
+
     /// Starts a fake instance whose driver reports exit 0 once a stop is asked for, and
     /// counts starts and stops.
     fn fake_start(
         starts: Arc<AtomicUsize>,
         stops: Arc<AtomicUsize>,
         delay: Duration,
-    ) -> impl FnOnce() -> std::pin::Pin<
-        Box<dyn Future<Output = Result<Arc<Instance>, ServiceError>> + Send>,
-    > {
+    ) -> impl FnOnce() -> FakeStart {
         move || {
             Box::pin(async move {
                 starts.fetch_add(1, Ordering::SeqCst);
