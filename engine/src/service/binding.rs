@@ -71,7 +71,7 @@ impl BoundServices {
         self.bound.is_empty()
     }
 
-    /// The aliases and the references, in binding order.
+    /// Returns the aliases and the references, in binding order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ServiceRef)> {
         self.bound
             .iter()

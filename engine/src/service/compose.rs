@@ -33,7 +33,7 @@ impl ComposeServices {
         &self.project
     }
 
-    /// The container of service `name`, bound to the services it depends on and links to.
+    /// Returns the container of service `name`, bound to the services it depends on and links to.
     pub fn container(&self, name: &str) -> Result<Container, ServiceError> {
         let compose = self.project.service(name)?;
         let mut container = Container::from_definition(self.engine.clone(), definition_of(compose));
@@ -59,7 +59,7 @@ impl ComposeServices {
         Ok(container)
     }
 
-    /// Service `name` running its default command, with the health check of the file.
+    /// Returns service `name` running its default command, with the health check of the file.
     pub fn service(&self, name: &str) -> Result<Service, ServiceError> {
         if let Some(service) = self.built.lock().expect("compose lock poisoned").get(name) {
             return Ok(service.clone());

@@ -27,7 +27,7 @@ pub(crate) enum PortProblem {
     Command(crate::health_check::CommandHealthError),
 }
 
-/// The TCP ports that get a port check.
+/// Returns the TCP ports that get a port check.
 pub(crate) fn checked_ports(ports: &[ExposedPort]) -> Vec<u16> {
     ports
         .iter()
@@ -123,7 +123,7 @@ fn listeners(table: &str) -> impl Iterator<Item = Listener> + '_ {
     })
 }
 
-/// Whether a hex address from a proc table is a loopback address. The kernel prints each
+/// Returns whether a hex address from a proc table is a loopback address. The kernel prints each
 /// 32-bit word of the address as it lies in memory, read as a host-order number.
 fn is_loopback_hex(address: &str) -> bool {
     let bytes: Vec<u8> = (0..address.len() / 8)
