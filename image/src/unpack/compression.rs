@@ -66,7 +66,7 @@ impl fmt::Display for Compression {
 /// A decompressing reader. Reading it to its end reads the compressed stream to its end too,
 /// because both decoders go on to look for a further gzip member or zstd frame.
 pub(crate) enum Decoder<R: Read> {
-    Gzip(flate2::bufread::MultiGzDecoder<BufReader<R>>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<BufReader<R>>>),
     Zstd(zstd::stream::read::Decoder<'static, BufReader<R>>),
     None(BufReader<R>),
 }
@@ -83,7 +83,9 @@ impl<R: Read> Decoder<R> {
         }
 
         let decoder = match chosen {
-            Compression::Gzip => Self::Gzip(flate2::bufread::MultiGzDecoder::new(buffered)),
+            Compression::Gzip => {
+                Self::Gzip(Box::new(flate2::bufread::MultiGzDecoder::new(buffered)))
+            }
             Compression::Zstd => Self::Zstd(zstd::stream::read::Decoder::with_buffer(buffered)?),
             Compression::None => Self::None(buffered),
         };
