@@ -84,6 +84,7 @@ fn main() {
                 let shared = &*shared;
                 shared.runtime.block_on(run_trial(name, shared))
             })
+            .with_ignored_flag(name == KNOWN_GAP_CHAINED_ROOT_CAUSE)
         })
         .collect();
     let conclusion = libtest_mimic::run(&arguments, trials);
@@ -100,6 +101,10 @@ fn main() {
     conclusion.exit();
 }
 
+/// A trial that fails until the engine reports the root cause of a broken service chain; it
+/// runs only with `--ignored`.
+const KNOWN_GAP_CHAINED_ROOT_CAUSE: &str = "api_chained_death_names_root_cause";
+
 fn trial_names() -> Vec<&'static str> {
     vec![
         "api_client_reaches_service",
@@ -108,6 +113,9 @@ fn trial_names() -> Vec<&'static str> {
         "api_bound_service_death_fails_client",
         "api_stop_kill_and_graceful",
         "api_hostname_follows_service_args",
+        "api_service_binds_service",
+        "api_chained_service_death_fails_client",
+        KNOWN_GAP_CHAINED_ROOT_CAUSE,
     ]
 }
 
@@ -123,6 +131,11 @@ async fn run_trial(name: &str, shared: &Shared) -> Result<(), Failed> {
         }
         "api_stop_kill_and_graceful" => stop_kill_and_graceful(&shared.engine).await,
         "api_hostname_follows_service_args" => hostname_follows_service_args(shared).await,
+        "api_service_binds_service" => service_binds_service(&shared.engine).await,
+        "api_chained_service_death_fails_client" => {
+            chained_service_death_fails_client(&shared.engine).await
+        }
+        KNOWN_GAP_CHAINED_ROOT_CAUSE => chained_death_names_root_cause(&shared.engine).await,
         other => Err(format!("unknown trial {other}").into()),
     }
 }
@@ -410,9 +423,14 @@ async fn stop_kill_and_graceful(engine: &Arc<Engine>) -> Result<(), Failed> {
     let kill_marker = format!("stop-kill-{}", std::process::id());
     let killed = stubborn(&kill_marker);
     let instance = killed.start().await.map_err(failure)?;
+    // With no port to check, start() returns before the shell may have started.
     check(
-        !processes_with(&kill_marker).is_empty(),
-        "the killed service runs",
+        wait_for_process(&kill_marker, Duration::from_secs(5)).await,
+        &format!(
+            "the killed service runs (exit status {:?}, output {:?})",
+            instance.exit_status(),
+            instance.output.tail()
+        ),
     )?;
     let requested = Instant::now();
     killed.stop(true).await.map_err(failure)?;
@@ -506,6 +524,116 @@ async fn hostname_follows_service_args(shared: &Shared) -> Result<(), Failed> {
     let second = Engine::new(second_config, shared.bootstrap.clone()).map_err(failure)?;
     let in_second = hostname(service_on(&second, &["httpd", "-f"], false)).await?;
     expect_eq(&in_second, &first)
+}
+
+async fn service_binds_service(engine: &Arc<Engine>) -> Result<(), Failed> {
+    let backend = httpd_service(engine, "from the backend", "httpd -f -p 8080 -h /srv");
+    // The front end fetches the backend's page once at start and serves what it got.
+    let frontend = engine
+        .container()
+        .from("busybox:latest")
+        .with_service_binding("backend", &backend)
+        .map_err(failure)?
+        .with_exposed_port(8080, Protocol::Tcp, None, false)
+        .as_service(ServiceCommand {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "mkdir -p /srv; {} > /srv/index.html; httpd -f -p 8080 -h /srv",
+                    fetch_page("backend")
+                ),
+            ],
+            ..ServiceCommand::default()
+        });
+    let backend_hostname = backend.hostname().await.map_err(failure)?;
+    let frontend_hostname = frontend.hostname().await.map_err(failure)?;
+    check(
+        backend_hostname != frontend_hostname,
+        "the two services have their own hostnames",
+    )?;
+
+    let response = engine
+        .container()
+        .from("busybox:latest")
+        .with_service_binding("front", &frontend)
+        .map_err(failure)?
+        .with_exec(["sh", "-c", &fetch_page("front")])
+        .stdout()
+        .await
+        .map_err(failure)?;
+    // The front end's page is the backend's whole response, headers included.
+    let page = body_of(&response);
+    check(
+        page.starts_with("HTTP/1.1 200 OK\r\n"),
+        &format!("the front end served the backend's response: {response:?}"),
+    )?;
+    expect_eq(body_of(page), "from the backend")
+}
+
+/// Binds a client as "front" to a front end that binds a backend as "backend". The backend
+/// exits with 5 two seconds after it became healthy. Returns the client's error and how long
+/// the client ran. `tag` keeps the definitions apart from those of other trials.
+async fn break_service_chain(
+    engine: &Arc<Engine>,
+    tag: &str,
+) -> Result<(String, Duration), Failed> {
+    let backend = httpd_service(
+        engine,
+        &format!("{tag} backend"),
+        "httpd -p 8080 -h /srv; sleep 2; echo backend dying; exit 5",
+    );
+    let frontend = engine
+        .container()
+        .from("busybox:latest")
+        .with_new_file("/srv/index.html", &format!("{tag} front end"))
+        .with_service_binding("backend", &backend)
+        .map_err(failure)?
+        .with_exposed_port(8080, Protocol::Tcp, None, false)
+        .as_service(ServiceCommand {
+            args: ["httpd", "-f", "-p", "8080", "-h", "/srv"]
+                .map(String::from)
+                .to_vec(),
+            ..ServiceCommand::default()
+        });
+    let started = Instant::now();
+    let client = engine
+        .container()
+        .from("busybox:latest")
+        .with_service_binding("front", &frontend)
+        .map_err(failure)?
+        .with_exec(["sleep", "30"]);
+    match client.stdout().await {
+        Ok(output) => Err(format!("the client outlived the service chain: {output:?}").into()),
+        Err(error) => Ok((error.to_string(), started.elapsed())),
+    }
+}
+
+async fn chained_service_death_fails_client(engine: &Arc<Engine>) -> Result<(), Failed> {
+    let (error, elapsed) = break_service_chain(engine, "chained").await?;
+    println!("client failed after {elapsed:?}: {error}");
+    check(
+        elapsed < Duration::from_secs(20),
+        &format!("the client was stopped when the chain broke, not at its end: {elapsed:?}"),
+    )?;
+    check(
+        error.contains("bound as \"front\""),
+        &format!("the error names the client's own binding: {error}"),
+    )
+}
+
+/// KNOWN GAP, so the trial is ignored: the client's error reports only that the front end
+/// exited (with 143 from the SIGTERM it got), not that its backend exited with 5 first.
+async fn chained_death_names_root_cause(engine: &Arc<Engine>) -> Result<(), Failed> {
+    let (error, _) = break_service_chain(engine, "root cause").await?;
+    check(
+        error.contains("exit status 5"),
+        &format!("the error gives the backend's status: {error}"),
+    )?;
+    check(
+        error.contains("backend dying"),
+        &format!("the error gives the backend's output: {error}"),
+    )
 }
 
 /// Returns the body of an HTTP response.
