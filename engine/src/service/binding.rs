@@ -107,6 +107,7 @@ impl BoundServices {
                     alias: alias.clone(),
                     status,
                     output: OutputTail(instance.output.tail()),
+                    cause: instance.cause(),
                 }
             })
         });

@@ -35,7 +35,7 @@ pub(super) async fn start(
 ) -> Result<Arc<Instance>, ServiceError> {
     let (resolved, image, last) = container.evaluate().await?;
     let definition = resolved.definition().with(Change::Service(command.clone()));
-    let name = definition.base.reference.clone();
+    let name = format!("{} ({hostname})", definition.base.reference);
     let exposed = ports::exposed_ports(&image.config, &definition);
     let bound = BoundServices::acquire(container.bindings()).await?;
     let network = engine.network().await?;
@@ -168,6 +168,7 @@ async fn drive(
         }
         Ending::BoundExited(error) => {
             tracing::warn!(service = %instance.name, %error, "stopping a service whose bound service exited");
+            instance.set_cause(error);
             held.process.kill_after(stop_timeout).await
         }
     };
@@ -232,7 +233,15 @@ async fn wait_healthy(
         None => health::checked_ports(&instance.ports),
     };
     let ports = async {
-        health::wait_for_ports(&sandbox, instance.address, &checked, Some(pid), deadline).await?;
+        health::wait_for_ports(
+            &instance.name,
+            &sandbox,
+            instance.address,
+            &checked,
+            Some(pid),
+            deadline,
+        )
+        .await?;
         if let Some(check) = check {
             tracing::info!(service = %instance.name, command = %check.test, "running the health command");
             wait_until_healthy(handle, check, deadline.into_std())

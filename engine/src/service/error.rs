@@ -94,6 +94,9 @@ pub enum ServiceError {
         alias: String,
         status: ExitStatus,
         output: OutputTail,
+        /// Why the service stopped, when a service it binds in turn stopped first.
+        #[source]
+        cause: Option<Arc<ServiceError>>,
     },
     #[error(
         "invalid --host-service {value:?}: {reason}; write ALIAS=tcp://HOST:PORT[,udp://HOST:PORT]"

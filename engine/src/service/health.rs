@@ -40,6 +40,7 @@ pub(crate) fn checked_ports(ports: &[ExposedPort]) -> Vec<u16> {
 /// connection or `deadline` passes. `pid` is a process in the service's network namespace,
 /// used to tell a loopback-only listener apart from none.
 pub(crate) async fn wait_for_ports(
+    service: &str,
     sandbox: &Sandbox,
     address: IpAddr,
     ports: &[u16],
@@ -48,7 +49,11 @@ pub(crate) async fn wait_for_ports(
 ) -> Result<(), PortProblem> {
     for &port in ports {
         let target = SocketAddr::new(address, port);
-        if !dial_until(sandbox, target, deadline).await {
+        let dialled = tokio::select! {
+            dialled = dial_until(sandbox, target, deadline) => dialled,
+            () = warn_if_loopback_only(service, pid, port) => unreachable!("the warning never ends"),
+        };
+        if !dialled {
             if pid.is_some_and(|pid| listens_on_loopback_only(pid, port)) {
                 return Err(PortProblem::LoopbackOnly { port });
             }
@@ -57,6 +62,30 @@ pub(crate) async fn wait_for_ports(
         tracing::debug!(%target, "service port is accepting connections");
     }
     Ok(())
+}
+
+/// Warns once when the service listens on `port` only on its loopback address. Some
+/// services do so while they initialise (a temporary server on localhost, then the real
+/// one), so this only warns; the deadline decides. Never returns.
+async fn warn_if_loopback_only(service: &str, pid: Option<i32>, port: u16) {
+    const FIRST_LOOK: Duration = Duration::from_secs(2);
+    const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+    if let Some(pid) = pid {
+        tokio::time::sleep(FIRST_LOOK).await;
+        loop {
+            if listens_on_loopback_only(pid, port) {
+                tracing::warn!(
+                    %service,
+                    port,
+                    "the service listens on this port only on its loopback address, so no other container can reach it; make it listen on 0.0.0.0 (waiting until the health deadline)"
+                );
+                break;
+            }
+            tokio::time::sleep(LOOK_AGAIN).await;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Returns whether a connection to `target` succeeded before `deadline`.

@@ -181,7 +181,7 @@ impl HostTarget {
         engine: &Arc<Engine>,
         hostname: &str,
     ) -> Result<Arc<Instance>, ServiceError> {
-        let name = self.name();
+        let name = format!("{} ({hostname})", self.name());
         let host_ip = resolve(&self.host).await?;
         let network = engine.network().await?;
         let sandbox = network.sandbox().clone();

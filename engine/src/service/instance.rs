@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
 
+use super::error::ServiceError;
 use super::output::OutputLog;
 use crate::definition::ExposedPort;
 use crate::runtime::ExitStatus;
@@ -31,6 +32,8 @@ pub struct Instance {
     pub output: Arc<OutputLog>,
     exit: watch::Receiver<Option<ExitStatus>>,
     stop: Mutex<Option<oneshot::Sender<StopMode>>>,
+    /// Set when the instance was stopped because a service it binds stopped.
+    cause: Mutex<Option<Arc<ServiceError>>>,
 }
 
 /// The driver's ends of an instance's channels.
@@ -59,6 +62,7 @@ impl Instance {
             output,
             exit,
             stop: Mutex::new(Some(stop_sender)),
+            cause: Mutex::default(),
         });
         (instance, InstanceControl { stop, exited })
     }
@@ -80,6 +84,16 @@ impl Instance {
                 return ExitStatus::Signaled(libc::SIGKILL);
             }
         }
+    }
+
+    /// Returns why the instance was stopped, when a service it binds stopped first.
+    pub fn cause(&self) -> Option<Arc<ServiceError>> {
+        self.cause.lock().expect("cause lock poisoned").clone()
+    }
+
+    /// Records that the instance stops because a service it binds stopped.
+    pub(crate) fn set_cause(&self, cause: ServiceError) {
+        *self.cause.lock().expect("cause lock poisoned") = Some(Arc::new(cause));
     }
 
     /// Asks the driver to stop the instance; later calls do nothing.
