@@ -323,8 +323,8 @@ fn compose_run_creates_bind_source() {
     let data = file.parent().unwrap().join("data");
     assert!(!data.exists());
 
-    // The Compose Specification (volumes, short syntax) says that a bind mount in the short
-    // syntax creates its missing source directory on the host.
+    // In the Compose Specification (services, volumes, short syntax), a bind mount in the
+    // short syntax creates its missing source directory on the host.
     let output = compose(&home, &file, &["run", "client"]);
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert!(data.is_dir(), "{} was created", data.display());
