@@ -149,7 +149,7 @@ impl LayerStore {
     /// Concurrent calls for the same layer, in this process or others, unpack it once: the
     /// others wait on the layer's lock and then return the stored report without reading
     /// their `reader`. On any error nothing of the attempt is left in the store.
-    pub fn unpack<R: Read>(
+    pub fn unpack<R: Read + Send>(
         &self,
         layer_digest: &Digest,
         expected_diff_id: &Digest,
@@ -184,7 +184,7 @@ impl LayerStore {
         result
     }
 
-    fn unpack_into<R: Read>(
+    fn unpack_into<R: Read + Send>(
         &self,
         temporary: &Path,
         layer_digest: &Digest,

@@ -32,6 +32,7 @@
 //!   a layer does not stop later entries from being created inside it.
 
 mod compression;
+mod decoder_thread;
 mod entry;
 mod flatten;
 mod metadata;
@@ -182,6 +183,12 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    #[error("layer {layer}: failed to start the decompression thread")]
+    Thread {
+        layer: Digest,
+        #[source]
+        source: io::Error,
+    },
     #[error("failed to learn which owners the current user namespace maps")]
     IdMaps(#[source] IdMapError),
     #[error("layer {layer}: failed to read the {compression} tar stream; the blob is truncated or corrupt, so pull it again")]
@@ -249,7 +256,7 @@ pub enum UnpackError {
 /// on `reader`.
 /// Entries after the end-of-archive blocks are hashed but not unpacked, as Docker does.
 /// On error `dest` contains a partial tree, which the caller removes with [`remove_tree`].
-pub fn unpack_layer<R: Read>(
+pub fn unpack_layer<R: Read + Send>(
     reader: R,
     compression: Compression,
     dest: &Path,
@@ -272,23 +279,19 @@ pub fn unpack_layer<R: Read>(
     };
     let (decoder, compression) =
         Decoder::new(reader, compression).map_err(|source| read_error(compression, source))?;
-    let mut stream = HashingReader::new(decoder);
     tracing::debug!(layer = %layer, dest = %dest.display(), %compression, "unpacking layer");
+    let unpacker = Unpacker::new(root, layer.clone(), compression, id_maps);
 
-    let mut unpacker = Unpacker::new(root, layer.clone(), compression, id_maps);
-    {
-        let mut archive = tar::Archive::new(&mut stream);
-        let entries = archive
-            .entries()
-            .map_err(|source| read_error(compression, source))?;
-        for entry in entries {
-            let entry = entry.map_err(|source| read_error(compression, source))?;
-            unpacker.apply(entry)?;
-        }
-    }
-
-    // Hash what follows the end-of-archive blocks too: the diff_id covers the whole stream.
-    io::copy(&mut stream, &mut io::sink()).map_err(|source| read_error(compression, source))?;
+    // The decoder thread inflates while this thread hashes the tar stream and creates the
+    // files. On an error here, dropping the stream stops that thread before the scope ends.
+    let (unpacker, stream) = std::thread::scope(|scope| {
+        let (decoded, _thread) =
+            decoder_thread::spawn(scope, decoder).map_err(|source| UnpackError::Thread {
+                layer: layer.clone(),
+                source,
+            })?;
+        unpack_entries(unpacker, HashingReader::new(decoded), layer, compression)
+    })?;
     let (counts, warnings) = unpacker.finish()?;
     let (diff_id, uncompressed_size) = stream.finish();
 
@@ -302,6 +305,31 @@ pub fn unpack_layer<R: Read>(
         counts,
         warnings,
     })
+}
+
+/// Creates every entry of the tar `stream`, then reads the rest of the stream, so that the
+/// hash covers what follows the end-of-archive blocks too.
+fn unpack_entries<R: Read>(
+    mut unpacker: Unpacker,
+    mut stream: HashingReader<R>,
+    layer: &Digest,
+    compression: Compression,
+) -> Result<(Unpacker, HashingReader<R>), UnpackError> {
+    let read_error = |source| UnpackError::Read {
+        layer: layer.clone(),
+        compression,
+        source,
+    };
+    {
+        let mut archive = tar::Archive::new(&mut stream);
+        let entries = archive.entries().map_err(read_error)?;
+        for entry in entries {
+            let entry = entry.map_err(read_error)?;
+            unpacker.apply(entry)?;
+        }
+    }
+    io::copy(&mut stream, &mut io::sink()).map_err(read_error)?;
+    Ok((unpacker, stream))
 }
 
 /// Formats an entry name for messages: lossy UTF-8, cut after 160 bytes.
