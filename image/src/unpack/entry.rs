@@ -6,6 +6,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
@@ -55,6 +56,17 @@ enum Target<'a> {
     At(BorrowedFd<'a>, &'a CStr),
 }
 
+/// Bytes copied per read from a file entry into its file.
+const COPY_BUFFER_SIZE: usize = 128 * 1024;
+
+/// The directory that the previous entry went into, kept open because a tar stream lists the
+/// entries of one directory together. Every removal of a path drops it, because a removed
+/// component could make the same path resolve to another directory.
+struct CachedParent {
+    path: RootPath,
+    dir: Rc<OwnedFd>,
+}
+
 /// State of one layer being unpacked.
 pub(crate) struct Unpacker {
     root: Root,
@@ -69,6 +81,8 @@ pub(crate) struct Unpacker {
     skipped_paths: HashSet<RootPath>,
     /// Xattr whiteouts created so far, by entry path.
     xattr_whiteouts: HashSet<RootPath>,
+    parent: Option<CachedParent>,
+    copy_buffer: Vec<u8>,
 }
 
 impl Unpacker {
@@ -88,6 +102,8 @@ impl Unpacker {
             deferred_directories: BTreeMap::new(),
             skipped_paths: HashSet::new(),
             xattr_whiteouts: HashSet::new(),
+            parent: None,
+            copy_buffer: Vec::new(),
         }
     }
 
@@ -236,13 +252,21 @@ impl Unpacker {
         name: &str,
     ) -> Result<(), UnpackError> {
         let (parent, file_name) = self.parent_of(path, name)?;
-        self.clear_slot(&parent, &file_name, path, false, name)?;
-        let fd = sys::open_beneath(
-            parent.as_fd(),
-            &file_name,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-            0o600,
-        )
+        let create = || {
+            sys::open_beneath(
+                parent.as_fd(),
+                &file_name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )
+        };
+        let fd = match create() {
+            Err(error) if error.raw_os_error() == Some(libc::EEXIST) => {
+                self.clear_slot(&parent, &file_name, path, false, name)?;
+                create()
+            }
+            result => result,
+        }
         .map_err(|error| self.fs_error(name, "create the file", error))?;
         let mut file = File::from(fd);
 
@@ -268,16 +292,30 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Copies the entry's data into `file` through a buffer that all entries share.
     fn copy_contents<R: Read>(
-        &self,
+        &mut self,
         entry: &mut tar::Entry<'_, R>,
         file: &mut File,
         name: &str,
     ) -> Result<u64, UnpackError> {
-        let mut buffer = vec![0; 128 * 1024];
+        let mut buffer = std::mem::take(&mut self.copy_buffer);
+        buffer.resize(COPY_BUFFER_SIZE, 0);
+        let result = self.copy_with(&mut buffer, entry, file, name);
+        self.copy_buffer = buffer;
+        result
+    }
+
+    fn copy_with<R: Read>(
+        &self,
+        buffer: &mut [u8],
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut File,
+        name: &str,
+    ) -> Result<u64, UnpackError> {
         let mut written = 0u64;
         loop {
-            let count = match entry.read(&mut buffer) {
+            let count = match entry.read(buffer) {
                 Ok(0) => return Ok(written),
                 Ok(count) => count,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
@@ -307,11 +345,22 @@ impl Unpacker {
                 .map_err(|error| self.fs_error(name, "open the layer root", error))?
         } else {
             let (parent, dir_name) = self.parent_of(path, name)?;
-            let existing = self.clear_slot(&parent, &dir_name, path, true, name)?;
-            if existing != Existing::Directory {
-                mkdirat(Some(parent.as_raw_fd()), dir_name.as_c_str(), Mode::S_IRWXU)
-                    .map_err(|errno| self.fs_error(name, "create the directory", errno.into()))?;
-            }
+            let create = || mkdirat(Some(parent.as_raw_fd()), dir_name.as_c_str(), Mode::S_IRWXU);
+            let existing = match create() {
+                Ok(()) => Existing::Nothing,
+                Err(Errno::EEXIST) => {
+                    let existing = self.clear_slot(&parent, &dir_name, path, true, name)?;
+                    if existing != Existing::Directory {
+                        create().map_err(|errno| {
+                            self.fs_error(name, "create the directory", errno.into())
+                        })?;
+                    }
+                    existing
+                }
+                Err(errno) => {
+                    return Err(self.fs_error(name, "create the directory", errno.into()))
+                }
+            };
             let dir = sys::open_beneath(
                 parent.as_fd(),
                 &dir_name,
@@ -340,6 +389,12 @@ impl Unpacker {
         };
         self.deferred_directories.insert(path.clone(), deferred);
         self.counts.directories += 1;
+
+        // The directory's own entries usually come next.
+        self.parent = Some(CachedParent {
+            path: path.clone(),
+            dir: Rc::new(dir),
+        });
         Ok(())
     }
 
@@ -356,14 +411,22 @@ impl Unpacker {
         let target = sys::c_string(&target)
             .map_err(|_| self.invalid_name(name, "the symlink target contains a NUL byte"))?;
         let (parent, link_name) = self.parent_of(path, name)?;
-        self.clear_slot(&parent, &link_name, path, false, name)?;
 
         // The target is stored verbatim: it is resolved later, inside the container's root.
-        symlinkat(
-            target.as_c_str(),
-            Some(parent.as_raw_fd()),
-            link_name.as_c_str(),
-        )
+        let create = || {
+            symlinkat(
+                target.as_c_str(),
+                Some(parent.as_raw_fd()),
+                link_name.as_c_str(),
+            )
+        };
+        match create() {
+            Err(Errno::EEXIST) => {
+                self.clear_slot(&parent, &link_name, path, false, name)?;
+                create()
+            }
+            result => result,
+        }
         .map_err(|errno| self.fs_error(name, "create the symlink", errno.into()))?;
         let at = Target::At(parent.as_fd(), &link_name);
         self.set_owner(at, metadata, name)?;
@@ -427,15 +490,23 @@ impl Unpacker {
         let target_file = sys::c_string(target_file)
             .map_err(|error| self.fs_error(name, "resolve the hardlink target", error))?;
         let (parent, link_name) = self.parent_of(path, name)?;
-        self.clear_slot(&parent, &link_name, path, false, name)?;
-
-        match linkat(
-            Some(target_dir.as_raw_fd()),
-            target_file.as_c_str(),
-            Some(parent.as_raw_fd()),
-            link_name.as_c_str(),
-            AtFlags::empty(),
-        ) {
+        let create = || {
+            linkat(
+                Some(target_dir.as_raw_fd()),
+                target_file.as_c_str(),
+                Some(parent.as_raw_fd()),
+                link_name.as_c_str(),
+                AtFlags::empty(),
+            )
+        };
+        let created = match create() {
+            Err(Errno::EEXIST) => {
+                self.clear_slot(&parent, &link_name, path, false, name)?;
+                create()
+            }
+            result => result,
+        };
+        match created {
             Ok(()) => {
                 self.counts.hardlinks += 1;
                 Ok(())
@@ -526,6 +597,7 @@ impl Unpacker {
             for whiteout_path in inside {
                 let file = sys::c_string(whiteout_path.file_name().unwrap_or_default())
                     .map_err(|error| self.fs_error(name, "remove an xattr whiteout", error))?;
+                self.parent = None;
                 match remove_at(dir.as_fd(), &file) {
                     Ok(()) | Err(Errno::ENOENT) => {}
                     Err(errno) => {
@@ -582,7 +654,7 @@ impl Unpacker {
         &mut self,
         path: &RootPath,
         name: &str,
-    ) -> Result<(OwnedFd, CString), UnpackError> {
+    ) -> Result<(Rc<OwnedFd>, CString), UnpackError> {
         let Some(file_name) = path.file_name() else {
             return Err(self.invalid_name(name, "only a directory entry may name the layer root"));
         };
@@ -592,13 +664,23 @@ impl Unpacker {
         Ok((parent, file_name))
     }
 
-    /// Opens the directory at `path` with `O_PATH`, creating what is missing. A whiteout of
-    /// this layer in the way becomes an opaque directory: the layer deleted the lower path and
-    /// then put entries below it.
-    fn ensure_dir(&mut self, path: &RootPath, name: &str) -> Result<OwnedFd, UnpackError> {
+    /// Opens the directory at `path` with `O_PATH`, creating what is missing, or returns the
+    /// cached directory when it is the same path. A whiteout of this layer in the way becomes
+    /// an opaque directory: the layer deleted the lower path and then put entries below it.
+    fn ensure_dir(&mut self, path: &RootPath, name: &str) -> Result<Rc<OwnedFd>, UnpackError> {
+        if let Some(cached) = self.parent.as_ref().filter(|cached| cached.path == *path) {
+            return Ok(cached.dir.clone());
+        }
         loop {
             match self.root.ensure_dir(path) {
-                Ok(dir) => return Ok(dir),
+                Ok(dir) => {
+                    let dir = Rc::new(dir);
+                    self.parent = Some(CachedParent {
+                        path: path.clone(),
+                        dir: dir.clone(),
+                    });
+                    return Ok(dir);
+                }
                 Err(error) if error.raw_os_error() == Some(libc::ENOTDIR) => {
                     if !self.replace_whiteout_on(path, name)? {
                         return Err(self.fs_error(name, "create the parent directory", error));
@@ -636,6 +718,7 @@ impl Unpacker {
                 return Ok(false);
             }
 
+            self.parent = None;
             remove_at(parent.as_fd(), &component)
                 .map_err(|errno| self.fs_error(name, "remove the whiteout", errno.into()))?;
             mkdirat(
@@ -684,6 +767,7 @@ impl Unpacker {
         } else {
             Existing::Other
         };
+        self.parent = None;
         remove_at(parent.as_fd(), file_name)
             .map_err(|errno| self.fs_error(name, "remove the existing entry", errno.into()))?;
         Ok(existing)
