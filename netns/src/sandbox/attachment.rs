@@ -22,6 +22,9 @@ pub struct Attachment {
     detached: bool,
 }
 
+/// How long `attach` waits for a new link to become operational.
+const LINK_READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Sandbox {
     /// Joins the network namespace `container` to the bridge: creates a
     /// veth pair in the sandbox, moves one end into `container` as `eth0`,
@@ -62,6 +65,14 @@ impl Sandbox {
         })?;
 
         configure_container(inner, container, &peer_link, lease)?;
+        let host = attachment.host_link.clone();
+        let ready = with_links(&inner.sockets, move |links| async move {
+            let index = links.index(&host).await?;
+            links.wait_operational(index, &host, LINK_READY_LIMIT).await
+        })?;
+        if !ready {
+            tracing::warn!(link = %attachment.host_link, limit = ?LINK_READY_LIMIT, "the container's link is not operational yet; its first packets may be lost");
+        }
 
         tracing::info!(
             container = %name,
@@ -107,6 +118,12 @@ fn configure_container(
         links.add_default_route(IpAddr::V4(gateway.v4)).await?;
         if let Some(v6) = gateway.v6 {
             links.add_default_route(IpAddr::V6(v6)).await?;
+        }
+        if !links
+            .wait_operational(index, CONTAINER_LINK, LINK_READY_LIMIT)
+            .await?
+        {
+            tracing::warn!(link = CONTAINER_LINK, limit = ?LINK_READY_LIMIT, "the container's eth0 is not operational yet; its first packets may be lost");
         }
         Ok(())
     })

@@ -72,6 +72,45 @@ impl Links {
             })
     }
 
+    /// Waits until link `index` reports operational state up, or `limit` passes. The kernel
+    /// activates a new link's queue and its bridge port only when it processes the carrier
+    /// change, shortly after the link goes up; a packet sent before then is dropped, and a
+    /// dropped ARP request is only sent again a second later.
+    pub async fn wait_operational(
+        &self,
+        index: u32,
+        name: &str,
+        limit: std::time::Duration,
+    ) -> Result<bool, SandboxError> {
+        use netlink_packet_route::link::{LinkAttribute, State};
+
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let message = self
+                .handle
+                .link()
+                .get()
+                .match_index(index)
+                .execute()
+                .try_next()
+                .await
+                .map_err(self.failed(format!("read the state of link {name}")))?;
+            let up = message.is_some_and(|message| {
+                message
+                    .attributes
+                    .iter()
+                    .any(|attribute| matches!(attribute, LinkAttribute::OperState(State::Up)))
+            });
+            if up {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), SandboxError> {
         self.handle
             .link()
