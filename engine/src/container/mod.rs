@@ -35,7 +35,7 @@ pub enum ContainerError {
     NoCommand,
     #[error("invalid container path {path:?}: {reason}")]
     InvalidPath { path: String, reason: &'static str },
-    #[error("bind mount source {path} does not exist or cannot be read; create it or fix the -v argument")]
+    #[error("bind mount source {path} does not exist or cannot be read; create it or fix the mount (-v, or the volume in a Compose file)")]
     MissingBindSource {
         path: PathBuf,
         #[source]

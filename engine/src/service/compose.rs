@@ -36,6 +36,7 @@ impl ComposeServices {
     /// Returns the container of service `name`, bound to the services it depends on and links to.
     pub fn container(&self, name: &str) -> Result<Container, ServiceError> {
         let compose = self.project.service(name)?;
+        create_bind_sources(name, compose)?;
         let mut container = Container::from_definition(self.engine.clone(), definition_of(compose));
 
         let mut aliases: Vec<(String, String)> = Vec::new();
@@ -71,7 +72,8 @@ impl ComposeServices {
             .with_health(HealthSettings {
                 check: compose.healthcheck.clone(),
                 deadline: None,
-            });
+            })
+            .with_label(&format!("service {name}"));
         self.built
             .lock()
             .expect("compose lock poisoned")
@@ -112,6 +114,31 @@ impl ComposeServices {
         }
         Ok(())
     }
+}
+
+/// Creates the missing source directories of bind mounts that ask for it, as Compose does
+/// for the short syntax.
+fn create_bind_sources(name: &str, compose: &ComposeService) -> Result<(), ServiceError> {
+    for mount in &compose.mounts {
+        let Mount::Bind {
+            source,
+            create_host_path: true,
+            ..
+        } = mount
+        else {
+            continue;
+        };
+        if source.exists() {
+            continue;
+        }
+        std::fs::create_dir_all(source).map_err(|error| ServiceError::BindSource {
+            service: name.to_owned(),
+            path: source.clone(),
+            source: error,
+        })?;
+        tracing::info!(service = %name, path = %source.display(), "created a missing bind mount source");
+    }
+    Ok(())
 }
 
 /// Turns a Compose service into a definition, in the order Docker applies the settings.

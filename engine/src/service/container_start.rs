@@ -32,10 +32,11 @@ pub(super) async fn start(
     command: &ServiceCommand,
     hostname: &str,
     health: &HealthSettings,
+    name: &str,
 ) -> Result<Arc<Instance>, ServiceError> {
     let (resolved, image, last) = container.evaluate().await?;
     let definition = resolved.definition().with(Change::Service(command.clone()));
-    let name = format!("{} ({hostname})", definition.base.reference);
+    let name = format!("{name} ({hostname})");
     let exposed = ports::exposed_ports(&image.config, &definition);
     let bound = BoundServices::acquire(container.bindings()).await?;
     let network = engine.network().await?;

@@ -104,6 +104,13 @@ pub enum ServiceError {
     InvalidHostService { value: String, reason: String },
     #[error(transparent)]
     Compose(#[from] crate::compose::ComposeError),
+    #[error("failed to create {path}, the bind mount source of compose service {service}; create it by hand or fix the volume")]
+    BindSource {
+        service: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "compose job {service} exited with {status}, and a service depends on it completing \
          successfully; {output}"

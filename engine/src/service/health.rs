@@ -99,10 +99,10 @@ async fn dial_until(sandbox: &Sandbox, target: SocketAddr, deadline: Instant) ->
             Ok(Err(_)) => tracing::debug!(%target, "dial of a service port timed out"),
             Err(_) => return false,
         }
-        if Instant::now() + backoff >= deadline {
+        if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep_until((Instant::now() + backoff).min(deadline)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

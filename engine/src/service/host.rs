@@ -138,6 +138,7 @@ impl Host {
                 ports,
             })),
             health: HealthSettings::default(),
+            label: None,
         }
     }
 }
@@ -180,8 +181,9 @@ impl HostTarget {
         &self,
         engine: &Arc<Engine>,
         hostname: &str,
+        name: &str,
     ) -> Result<Arc<Instance>, ServiceError> {
-        let name = format!("{} ({hostname})", self.name());
+        let name = format!("{name} ({hostname})");
         let host_ip = resolve(&self.host).await?;
         let network = engine.network().await?;
         let sandbox = network.sandbox().clone();

@@ -73,6 +73,8 @@ pub struct Service {
     engine: Arc<Engine>,
     kind: Arc<Kind>,
     health: HealthSettings,
+    /// The name messages use instead of the image's, such as a Compose service's name.
+    label: Option<String>,
 }
 
 #[derive(Debug)]
@@ -106,6 +108,16 @@ impl Service {
             engine: container.engine().clone(),
             kind: Arc::new(Kind::Container { container, command }),
             health: HealthSettings::default(),
+            label: None,
+        }
+    }
+
+    /// Names the service in messages, for example after its Compose service; the hostname
+    /// does not change.
+    pub fn with_label(&self, label: &str) -> Self {
+        Self {
+            label: Some(label.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -234,10 +246,15 @@ impl Service {
                             command,
                             &hostname,
                             &service.health,
+                            &service.name(),
                         )
                         .await
                     }
-                    Kind::Host(target) => target.start(&service.engine, &hostname).await,
+                    Kind::Host(target) => {
+                        target
+                            .start(&service.engine, &hostname, &service.name())
+                            .await
+                    }
                 }
             })
             .await
@@ -245,9 +262,13 @@ impl Service {
 
     /// The name shown in messages.
     pub fn name(&self) -> String {
-        match &*self.kind {
+        let base = match &*self.kind {
             Kind::Container { container, .. } => container.definition().base.reference.clone(),
             Kind::Host(target) => target.name(),
+        };
+        match &self.label {
+            Some(label) => format!("{label} ({base})"),
+            None => base,
         }
     }
 
