@@ -18,6 +18,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, linkat, symlinkat, Gid, Uid};
 use tar::EntryType;
 
+use super::creation::CreationMode;
 use super::metadata::EntryMetadata;
 use super::owner::IdMaps;
 use super::remove::remove_at;
@@ -65,6 +66,8 @@ const COPY_BUFFER_SIZE: usize = 128 * 1024;
 struct CachedParent {
     path: RootPath,
     dir: Rc<OwnedFd>,
+    /// Owner that the kernel gives new entries here, learned from the first one created.
+    new_owner: Option<(u32, u32)>,
 }
 
 /// State of one layer being unpacked.
@@ -83,6 +86,7 @@ pub(crate) struct Unpacker {
     xattr_whiteouts: HashSet<RootPath>,
     parent: Option<CachedParent>,
     copy_buffer: Vec<u8>,
+    creation_mode: CreationMode,
 }
 
 impl Unpacker {
@@ -92,6 +96,7 @@ impl Unpacker {
         compression: Compression,
         id_maps: IdMaps,
     ) -> Self {
+        let creation_mode = CreationMode::for_root(root.fd());
         Self {
             root,
             layer,
@@ -104,6 +109,7 @@ impl Unpacker {
             xattr_whiteouts: HashSet::new(),
             parent: None,
             copy_buffer: Vec::new(),
+            creation_mode,
         }
     }
 
@@ -252,12 +258,13 @@ impl Unpacker {
         name: &str,
     ) -> Result<(), UnpackError> {
         let (parent, file_name) = self.parent_of(path, name)?;
+        let exact_mode = self.creation_mode.exact(metadata.mode);
         let create = || {
             sys::open_beneath(
                 parent.as_fd(),
                 &file_name,
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                0o600,
+                exact_mode.unwrap_or(0o600),
             )
         };
         let fd = match create() {
@@ -281,10 +288,14 @@ impl Unpacker {
             });
         }
 
-        // chown clears set-ID bits, so it comes before chmod; the time comes last.
-        self.set_owner(Target::Fd(file.as_fd()), metadata, name)?;
-        fchmod(file.as_raw_fd(), Mode::from_bits_truncate(metadata.mode))
-            .map_err(|errno| self.fs_error(name, "set the file mode", errno.into()))?;
+        // chown clears set-ID bits, so it comes before chmod. A file created with its final
+        // mode has none, and needs no chmod. The time comes last.
+        let owner = self.new_entry_owner(&path.parent(), || fstat(file.as_raw_fd()), name)?;
+        self.set_owner(Target::Fd(file.as_fd()), metadata, Some(owner), name)?;
+        if exact_mode.is_none() {
+            fchmod(file.as_raw_fd(), Mode::from_bits_truncate(metadata.mode))
+                .map_err(|errno| self.fs_error(name, "set the file mode", errno.into()))?;
+        }
         self.set_xattrs(file.as_fd(), metadata, name)?;
         futimens(file.as_raw_fd(), &metadata.mtime, &metadata.mtime)
             .map_err(|errno| self.fs_error(name, "set the file times", errno.into()))?;
@@ -377,10 +388,11 @@ impl Unpacker {
             dir
         };
 
-        self.set_owner(Target::Fd(dir.as_fd()), metadata, name)?;
-        self.set_xattrs(dir.as_fd(), metadata, name)?;
         let stat = fstat(dir.as_raw_fd())
             .map_err(|errno| self.fs_error(name, "inspect the directory", errno.into()))?;
+        let owner = (stat.st_uid, stat.st_gid);
+        self.set_owner(Target::Fd(dir.as_fd()), metadata, Some(owner), name)?;
+        self.set_xattrs(dir.as_fd(), metadata, name)?;
         let deferred = DeferredDirectory {
             mode: metadata.mode,
             mtime: metadata.mtime,
@@ -394,6 +406,7 @@ impl Unpacker {
         self.parent = Some(CachedParent {
             path: path.clone(),
             dir: Rc::new(dir),
+            new_owner: None,
         });
         Ok(())
     }
@@ -429,7 +442,15 @@ impl Unpacker {
         }
         .map_err(|errno| self.fs_error(name, "create the symlink", errno.into()))?;
         let at = Target::At(parent.as_fd(), &link_name);
-        self.set_owner(at, metadata, name)?;
+        let lstat = || {
+            fstatat(
+                Some(parent.as_raw_fd()),
+                link_name.as_c_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        let owner = self.new_entry_owner(&path.parent(), lstat, name)?;
+        self.set_owner(at, metadata, Some(owner), name)?;
         self.set_times_at(at, metadata, name)?;
         // Linux permits user.* xattrs only on regular files and directories.
         self.warnings.skipped_xattrs += metadata.xattrs.len() as u64;
@@ -534,7 +555,7 @@ impl Unpacker {
         .map_err(|errno| self.fs_error(name, "create the FIFO", errno.into()))?;
 
         let at = Target::At(parent.as_fd(), &fifo_name);
-        self.set_owner(at, metadata, name)?;
+        self.set_owner(at, metadata, None, name)?;
         // Opening a FIFO would block, so its mode is set by name, on the node just created.
         fchmodat(
             Some(parent.as_raw_fd()),
@@ -678,6 +699,7 @@ impl Unpacker {
                     self.parent = Some(CachedParent {
                         path: path.clone(),
                         dir: dir.clone(),
+                        new_owner: None,
                     });
                     return Ok(dir);
                 }
@@ -792,12 +814,19 @@ impl Unpacker {
 
     /// Gives the entry its owner from the header when the user namespace maps that ID and
     /// `chown` is permitted. Otherwise the unpacking user stays the owner, counted as squashed.
+    /// `current` is the entry's owner when known; when it matches, nothing needs to change.
     fn set_owner(
         &mut self,
         target: Target<'_>,
         metadata: &EntryMetadata,
+        current: Option<(u32, u32)>,
         name: &str,
     ) -> Result<(), UnpackError> {
+        if current.is_some_and(|(uid, gid)| {
+            (u64::from(uid), u64::from(gid)) == (metadata.uid, metadata.gid)
+        }) {
+            return Ok(());
+        }
         let uid = self
             .id_maps
             .maps_uid(metadata.uid)
@@ -832,6 +861,36 @@ impl Unpacker {
             self.warnings.squashed_owners += 1;
         }
         Ok(())
+    }
+
+    /// Returns the owner of an entry just created in the directory `parent_path`. The kernel
+    /// gives every new entry of one directory the same owner (the creating user, and the
+    /// directory's group where it is set-group-ID or the file system is mounted `grpid`), so
+    /// `stat` runs for the first entry of the cached parent directory only.
+    fn new_entry_owner(
+        &mut self,
+        parent_path: &RootPath,
+        stat: impl FnOnce() -> nix::Result<FileStat>,
+        name: &str,
+    ) -> Result<(u32, u32), UnpackError> {
+        let cached = self
+            .parent
+            .as_ref()
+            .filter(|cached| cached.path == *parent_path);
+        if let Some(owner) = cached.and_then(|cached| cached.new_owner) {
+            return Ok(owner);
+        }
+        let stat =
+            stat().map_err(|errno| self.fs_error(name, "inspect the new entry", errno.into()))?;
+        let owner = (stat.st_uid, stat.st_gid);
+        if let Some(cached) = self
+            .parent
+            .as_mut()
+            .filter(|cached| cached.path == *parent_path)
+        {
+            cached.new_owner = Some(owner);
+        }
+        Ok(owner)
     }
 
     fn set_xattrs(

@@ -32,6 +32,7 @@
 //!   a layer does not stop later entries from being created inside it.
 
 mod compression;
+mod creation;
 mod decoder_thread;
 mod entry;
 mod flatten;

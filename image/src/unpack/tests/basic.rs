@@ -96,6 +96,28 @@ fn unpack_applies_modes_and_times() {
 }
 
 #[test]
+fn file_modes_exact_whatever_the_umask() {
+    // Some modes survive the usual umask 022 at creation, others need chmod afterwards.
+    let modes = [0o644, 0o664, 0o400, 0o755, 0o777, 0o000, 0o1644];
+    let names: Vec<String> = modes.iter().map(|mode| format!("dir/{mode:o}")).collect();
+    let mut layer = Layer::new().dir("dir", 0o755);
+    for (name, mode) in names.iter().zip(modes) {
+        layer = layer.entry(Spec {
+            name: name.as_bytes(),
+            data: b"data",
+            mode,
+            ..Spec::default()
+        });
+    }
+    let scratch = Scratch::new();
+    scratch.unpack(&layer.finish()).unwrap();
+
+    for (name, mode) in names.iter().zip(modes) {
+        assert_eq!(mode_of(&scratch.path(name)), mode, "{name}");
+    }
+}
+
+#[test]
 fn read_only_directory_still_receives_entries() {
     let layer = Layer::new()
         .dir("locked", 0o555)

@@ -45,6 +45,57 @@ fn owners_kept_when_mapped_and_permitted() {
 }
 
 #[test]
+fn mixed_owners_in_one_directory() {
+    let maps = IdMaps::current().unwrap();
+    if !(geteuid().is_root() && maps.is_initial_namespace()) {
+        super::support::skip("chown to arbitrary IDs needs root in the initial user namespace");
+        return;
+    }
+    // The unpacker skips chown when an entry's owner is the one that new entries of its
+    // directory get. The owners here alternate, so both cases occur in one directory.
+    let owners = [(0, 0), (1000, 1001), (0, 0), (0, 1001), (1000, 0), (0, 0)];
+    let names: Vec<String> = (0..owners.len())
+        .map(|index| format!("dir/file-{index}"))
+        .collect();
+    let mut layer = Layer::new().dir("dir", 0o755);
+    for (name, (uid, gid)) in names.iter().zip(owners) {
+        layer = layer.entry(Spec {
+            name: name.as_bytes(),
+            uid,
+            gid,
+            ..Spec::default()
+        });
+    }
+    let layer = layer
+        .entry(Spec {
+            name: b"dir/link-1000",
+            entry_type: tar::EntryType::Symlink,
+            link: Some(b"file-0"),
+            uid: 1000,
+            gid: 1000,
+            ..Spec::default()
+        })
+        .symlink("dir/link-0", "file-1")
+        .finish();
+    let scratch = Scratch::new();
+    let report = scratch.unpack(&layer).unwrap();
+
+    for (name, (uid, gid)) in names.iter().zip(owners) {
+        let file = fs::metadata(scratch.path(name)).unwrap();
+        assert_eq!(
+            (u64::from(file.uid()), u64::from(file.gid())),
+            (uid, gid),
+            "{name}"
+        );
+    }
+    let link = fs::symlink_metadata(scratch.path("dir/link-1000")).unwrap();
+    assert_eq!((link.uid(), link.gid()), (1000, 1000));
+    let link = fs::symlink_metadata(scratch.path("dir/link-0")).unwrap();
+    assert_eq!((link.uid(), link.gid()), (0, 0));
+    assert_eq!(report.warnings.squashed_owners, 0);
+}
+
+#[test]
 fn owners_squashed_when_unmapped() {
     let (uid, gid) = (geteuid().as_raw(), getegid().as_raw());
     let options = UnpackOptions {
