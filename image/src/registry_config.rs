@@ -128,6 +128,7 @@ pub struct RegistriesConfig {
     entries: Vec<RegistryEntry>,
     unqualified_search_registries: Vec<String>,
     files: Vec<PathBuf>,
+    unknown_keys: Vec<String>,
 }
 
 impl RegistriesConfig {
@@ -197,6 +198,12 @@ impl RegistriesConfig {
     /// Files that were read, in order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Keys the files hold that containers-registries.conf(5) does not define, as
+    /// `FILE: TABLE.KEY`. They are ignored with a warning, as Podman ignores them.
+    pub fn unknown_keys(&self) -> &[String] {
+        &self.unknown_keys
     }
 
     pub fn entries(&self) -> &[RegistryEntry] {
@@ -317,6 +324,18 @@ impl RegistriesConfig {
             });
         }
 
+        let unknown = file.unknown_keys();
+        if !unknown.is_empty() {
+            tracing::warn!(
+                file = %path.display(),
+                keys = %unknown.join(", "),
+                "ignoring keys that containers-registries.conf(5) does not define; check their spelling"
+            );
+            let file_name = path.display();
+            self.unknown_keys
+                .extend(unknown.iter().map(|key| format!("{file_name}: {key}")));
+        }
+
         if let Some(search) = file.unqualified_search_registries {
             self.unqualified_search_registries = search;
         }
@@ -415,6 +434,42 @@ struct ConfigFile {
     registry: Vec<RegistryTable>,
     /// Version 1 tables: `[registries.search]`, `[registries.insecure]`, `[registries.block]`.
     registries: Option<V1Tables>,
+    #[serde(flatten)]
+    other: BTreeMap<String, toml::Value>,
+}
+
+/// Top-level keys of containers-registries.conf(5) that mayfly reads but has no use for.
+const UNUSED_TOP_LEVEL_KEYS: [&str; 4] = [
+    "short-name-mode",
+    "credential-helpers",
+    "aliases",
+    "additional-layer-store-auth-helper",
+];
+
+impl ConfigFile {
+    /// Returns the keys, as `TABLE.KEY`, that no part of the format defines.
+    fn unknown_keys(&self) -> Vec<String> {
+        let mut unknown: Vec<String> = self
+            .other
+            .keys()
+            .filter(|key| !UNUSED_TOP_LEVEL_KEYS.contains(&key.as_str()))
+            .cloned()
+            .collect();
+        for (index, registry) in self.registry.iter().enumerate() {
+            let table = format!("registry[{index}]");
+            unknown.extend(registry.other.keys().map(|key| format!("{table}.{key}")));
+            for (mirror_index, mirror) in registry.mirror.iter().enumerate() {
+                let mirror_table = format!("{table}.mirror[{mirror_index}]");
+                unknown.extend(
+                    mirror
+                        .other
+                        .keys()
+                        .map(|key| format!("{mirror_table}.{key}")),
+                );
+            }
+        }
+        unknown
+    }
 }
 
 #[derive(Deserialize)]
@@ -429,6 +484,8 @@ struct RegistryTable {
     mirror_by_digest_only: bool,
     #[serde(default)]
     mirror: Vec<MirrorTable>,
+    #[serde(flatten)]
+    other: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -437,6 +494,8 @@ struct MirrorTable {
     location: String,
     insecure: Option<bool>,
     pull_from_mirror: Option<String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -753,6 +812,42 @@ mod tests {
         assert_eq!(
             endpoints(&config, "127.0.0.1:5002/library/busybox"),
             vec![endpoint("127.0.0.1:5002", "library/busybox", false, false)]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_listed_and_ignored() {
+        let config = config(
+            r#"
+            short-name-mode = "enforcing"
+            unqualified-serach-registries = ["docker.io"]
+
+            [aliases]
+            "busybox" = "docker.io/library/busybox"
+
+            [[registry]]
+            prefix = "docker.io"
+            loaction = "127.0.0.1:5000"
+
+            [[registry.mirror]]
+            location = "127.0.0.1:5001"
+            insecur = true
+            "#,
+        );
+        assert_eq!(
+            config.unknown_keys(),
+            [
+                "/test/registries.conf: unqualified-serach-registries",
+                "/test/registries.conf: registry[0].loaction",
+                "/test/registries.conf: registry[0].mirror[0].insecur",
+            ]
+        );
+        assert_eq!(
+            endpoints(&config, "busybox"),
+            vec![
+                endpoint("127.0.0.1:5001", "library/busybox", true, true),
+                endpoint("docker.io", "library/busybox", false, false),
+            ]
         );
     }
 
