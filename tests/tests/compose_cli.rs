@@ -373,6 +373,45 @@ fn compose_run_waits_for_healthcheck() {
 }
 
 #[test]
+fn compose_run_healthy_condition_needs_a_check() {
+    let Some(home) = ready() else { return };
+    let yaml = "services:
+  unchecked:
+    image: busybox:latest
+    command: [\"sleep\", \"60\"]
+  client:
+    image: busybox:latest
+    depends_on:
+      unchecked:
+        condition: service_healthy
+    command: [\"echo\", \"client-ran\"]
+";
+    let file = write_project(&home, yaml);
+
+    let output = compose(&home, &file, &["run", "client"]);
+    assert!(
+        !output.status.success(),
+        "service_healthy on a service with nothing to check fails, as in Compose"
+    );
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("service unchecked") && stderr.contains("no health check"),
+        "the error names the service and the missing check: {stderr}"
+    );
+    assert!(
+        stderr.contains("service client"),
+        "the error names the service that waits: {stderr}"
+    );
+    assert!(!stdout_of(&output).contains("client-ran"));
+
+    let started = yaml.replace("service_healthy", "service_started");
+    let file = write_project(&home, &started);
+    let output = compose(&home, &file, &["run", "client"]);
+    assert!(output.status.success(), "{}", output.status);
+    assert!(stdout_of(&output).contains("client-ran"));
+}
+
+#[test]
 fn compose_run_dependency_exits_early() {
     let Some(home) = ready() else { return };
     let yaml = "services:

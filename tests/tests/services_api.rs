@@ -510,8 +510,8 @@ async fn hostname_follows_service_args(shared: &Shared) -> Result<(), Failed> {
         "use_entrypoint changes the hostname",
     )?;
     let with_health = service_on(engine, &["httpd", "-f"], false).with_health(HealthSettings {
-        check: None,
         deadline: Some(Duration::from_secs(1)),
+        ..HealthSettings::default()
     });
     expect_eq(&hostname(with_health).await?, &first)?;
 

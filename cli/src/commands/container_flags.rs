@@ -46,7 +46,11 @@ pub fn health_settings(flags: &HealthFlags) -> anyhow::Result<HealthSettings> {
         }
         (None, false) => None,
     };
-    Ok(HealthSettings { check, deadline })
+    Ok(HealthSettings {
+        check,
+        deadline,
+        required_by: None,
+    })
 }
 
 /// Parses every --publish flag.

@@ -72,6 +72,7 @@ impl ComposeServices {
             .with_health(HealthSettings {
                 check: compose.healthcheck.clone(),
                 deadline: None,
+                required_by: self.waits_healthy_for(name),
             })
             .with_label(&format!("service {name}"));
         self.built
@@ -79,6 +80,19 @@ impl ComposeServices {
             .expect("compose lock poisoned")
             .insert(name.to_owned(), service.clone());
         Ok(service)
+    }
+
+    /// Returns the first service (by name) that depends on `name` with condition
+    /// `service_healthy`.
+    fn waits_healthy_for(&self, name: &str) -> Option<String> {
+        let mut dependents = self.project.services.iter().filter(|(_, service)| {
+            service.depends_on.iter().any(|dependency| {
+                dependency.service == name && dependency.condition == DependencyCondition::Healthy
+            })
+        });
+        dependents
+            .next()
+            .map(|(dependent, _)| format!("service {dependent}"))
     }
 
     /// Runs, in dependency order, every service that `roots` (or a service they depend on)

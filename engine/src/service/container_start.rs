@@ -233,6 +233,12 @@ async fn wait_healthy(
         Some(_) => Vec::new(),
         None => health::checked_ports(&instance.ports),
     };
+    if let (None, true, Some(required_by)) = (check, checked.is_empty(), &health.required_by) {
+        return Err(ServiceError::NothingToCheck {
+            service: instance.name.clone(),
+            required_by: required_by.clone(),
+        });
+    }
     let ports = async {
         health::wait_for_ports(
             &instance.name,

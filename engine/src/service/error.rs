@@ -69,6 +69,15 @@ pub enum ServiceError {
         output: OutputTail,
     },
     #[error(
+        "service {service} has no health check, but {required_by} waits for it to be healthy; \
+         give it a healthcheck or expose a port, or make {required_by} wait with condition \
+         service_started"
+    )]
+    NothingToCheck {
+        service: String,
+        required_by: String,
+    },
+    #[error(
         "service {service} listens on port {port} only on its loopback address, so no other \
          container can reach it; make it listen on 0.0.0.0 (all addresses); \
          {output}"
