@@ -1,15 +1,20 @@
-//! A layer sink that unpacks each layer while it downloads: the pull writes the compressed
-//! bytes into a pipe, and a thread reads the pipe into the layer store's unpacker.
+//! A layer sink that unpacks each layer while it downloads: the pull passes the compressed
+//! chunks over a bounded channel, and a thread reads them into the layer store's unpacker.
 
-use std::io::{self, PipeWriter, Write};
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use mayfly_image::digest::Digest;
 use mayfly_image::layers::{LayerError, LayerStore};
 use mayfly_image::manifest::Descriptor;
-use mayfly_image::pull::{LayerSink, LayerWriter};
+use mayfly_image::pull::{Bytes, LayerSink, LayerWriter};
 use mayfly_image::unpack::{Compression, UnpackOptions, UnpackReport, UnpackWarnings};
+
+/// Chunks of a layer download in flight to its unpacker. Registry responses arrive in chunks
+/// of a few KiB to some tens of KiB, so this holds at most a few MiB per layer.
+const CHUNKS_IN_FLIGHT: usize = 128;
 
 pub(super) struct UnpackSink {
     layers: Arc<LayerStore>,
@@ -37,12 +42,10 @@ impl LayerSink for UnpackSink {
         // A media type the unpacker does not know is reported after the pull, when the layer
         // is unpacked from the store. The download itself can go on.
         let compression = Compression::from_media_type(&layer.media_type)?;
-        let (reader, writer) = match io::pipe() {
-            Ok(pipe) => pipe,
-            Err(error) => {
-                tracing::warn!(layer = %layer.digest, %error, "failed to create a pipe; the layer is unpacked after its download");
-                return None;
-            }
+        let (sender, receiver) = mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+        let reader = ChunkReader {
+            chunks: receiver,
+            current: Bytes::new(),
         };
 
         let layers = self.layers.clone();
@@ -53,7 +56,7 @@ impl LayerSink for UnpackSink {
             layers.unpack(&layer_digest, &diff_id, compression, reader, &options)
         });
         Some(Box::new(StreamingUnpack {
-            writer: Some(writer),
+            sender: Some(sender),
             thread: Some(thread),
             reader_gone: false,
             digest: layer.digest.clone(),
@@ -62,8 +65,29 @@ impl LayerSink for UnpackSink {
     }
 }
 
+/// The unpacker's end of the channel: the layer's compressed bytes in order. It ends when the
+/// sender is dropped, which is also how an aborted download shows up: as a truncated stream.
+struct ChunkReader {
+    chunks: Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.recv() {
+                Ok(chunk) => self.current = chunk,
+                Err(mpsc::RecvError) => return Ok(0),
+            }
+        }
+        let count = buf.len().min(self.current.len());
+        buf[..count].copy_from_slice(&self.current.split_to(count));
+        Ok(count)
+    }
+}
+
 struct StreamingUnpack {
-    writer: Option<PipeWriter>,
+    sender: Option<SyncSender<Bytes>>,
     thread: Option<JoinHandle<Result<UnpackReport, LayerError>>>,
     /// The unpacker returned without reading everything: another process had unpacked the
     /// layer already, or the unpacker failed. The rest of the bytes are discarded here and
@@ -73,23 +97,25 @@ struct StreamingUnpack {
     warnings: Arc<Mutex<UnpackWarnings>>,
 }
 
+impl StreamingUnpack {
+    fn send(&mut self, chunk: Bytes) {
+        if self.reader_gone {
+            return;
+        }
+        let sender = self
+            .sender
+            .as_ref()
+            .expect("sender present until finish or abort");
+        if sender.send(chunk).is_err() {
+            self.reader_gone = true;
+        }
+    }
+}
+
 impl Write for StreamingUnpack {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        if self.reader_gone {
-            return Ok(bytes.len());
-        }
-        let writer = self
-            .writer
-            .as_mut()
-            .expect("writer present until finish or abort");
-        match writer.write_all(bytes) {
-            Ok(()) => Ok(bytes.len()),
-            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
-                self.reader_gone = true;
-                Ok(bytes.len())
-            }
-            Err(error) => Err(error),
-        }
+        self.send(Bytes::copy_from_slice(bytes));
+        Ok(bytes.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -98,8 +124,13 @@ impl Write for StreamingUnpack {
 }
 
 impl LayerWriter for StreamingUnpack {
+    fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.send(chunk);
+        Ok(())
+    }
+
     fn finish(mut self: Box<Self>) -> io::Result<()> {
-        drop(self.writer.take());
+        drop(self.sender.take());
         let thread = self
             .thread
             .take()
@@ -119,9 +150,9 @@ impl LayerWriter for StreamingUnpack {
     }
 
     fn abort(mut self: Box<Self>) {
-        // Closing the pipe early makes the unpacker fail with a truncated stream, and the
+        // Closing the channel early makes the unpacker fail with a truncated stream, and the
         // layer store removes what it had written.
-        drop(self.writer.take());
+        drop(self.sender.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -173,7 +173,7 @@ fn write_layer(
                     return Err(fail(WriteError::Store(error), layer_writer));
                 }
                 if let Some(target) = layer_writer.as_mut() {
-                    if let Err(error) = target.write_all(&chunk) {
+                    if let Err(error) = target.write_chunk(chunk) {
                         return Err(fail(WriteError::Sink(error), layer_writer));
                     }
                 }

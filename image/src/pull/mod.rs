@@ -12,6 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use crate::client::{ClientError, FetchedManifest, RegistryClient};
@@ -163,6 +164,12 @@ pub trait LayerSink: Send + Sync {
 
 /// The writer a [`LayerSink`] returns for one layer.
 pub trait LayerWriter: io::Write + Send {
+    /// Writes the next chunk of the layer. The default copies it through [`io::Write`]; a
+    /// writer that hands chunks to another thread can keep the [`Bytes`] without a copy.
+    fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.write_all(&chunk)
+    }
+
     /// Completes the layer: every byte was written and the blob's digest matched.
     fn finish(self: Box<Self>) -> io::Result<()>;
 
