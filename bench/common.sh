@@ -22,6 +22,26 @@ bench_restore() {
 }
 trap bench_restore EXIT
 
+# Installs the Debian packages the benchmarks use that the machine lacks: the peers (Podman,
+# skopeo, passt for pasta, runc, slirp4netns) and the tools that time and read the results.
+# Package names follow the command each one provides.
+bench_install_tools() {
+  local -A packages=(
+    [podman]=podman [skopeo]=skopeo [pasta]=passt [runc]=runc [slirp4netns]=slirp4netns
+    [hyperfine]=hyperfine [jq]=jq [mkfs.ext4]=e2fsprogs [losetup]=mount
+  )
+  local command missing=()
+  for command in "${!packages[@]}"; do
+    command -v "$command" >/dev/null || missing+=("${packages[$command]}")
+  done
+  if ((${#missing[@]})); then
+    echo "bench: installing ${missing[*]}" >&2
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  fi
+}
+bench_install_tools
+
 # Builds the release binary into a directory the bench user can read.
 bench_build_mayfly() {
   export CARGO_TARGET_DIR=/var/cache/mayfly-ci/target
