@@ -27,8 +27,8 @@ const LINK_READY_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Sandbox {
     /// Joins the network namespace `container` to the bridge: creates a
-    /// veth pair in the sandbox, moves one end into `container` as `eth0`,
-    /// assigns the next free address, brings the links (and the container's
+    /// veth pair with one end in the sandbox's bridge and the other in
+    /// `container` as `eth0`, assigns the next free address, brings the links (and the container's
     /// loopback) up and adds a default route through the gateway.
     ///
     /// `name` labels the attachment in logs and errors. Blocks while netlink
@@ -37,7 +37,6 @@ impl Sandbox {
         let inner = &self.inner;
         let lease = inner.allocate()?;
         let host_link = inner.link_name("mfh");
-        let peer_link = inner.link_name("mfp");
 
         let attachment = Attachment {
             sandbox: Arc::clone(inner),
@@ -51,20 +50,13 @@ impl Sandbox {
         // pair (if it was created) and releases the address.
         let target = container.try_clone()?;
         let bridge_index = inner.bridge_index;
-        let peer = peer_link.clone();
         with_links(&inner.sockets, move |links| async move {
-            links.add_veth(&host_link, &peer).await?;
-            let host_index = links.index(&host_link).await?;
             links
-                .set_master(host_index, &host_link, bridge_index)
-                .await?;
-            links.set_up(host_index, &host_link).await?;
-
-            let peer_index = links.index(&peer).await?;
-            links.move_to(peer_index, &peer, &target).await
+                .add_veth_into(&host_link, bridge_index, CONTAINER_LINK, &target)
+                .await
         })?;
 
-        configure_container(inner, container, &peer_link, lease)?;
+        configure_container(inner, container, lease)?;
         let host = attachment.host_link.clone();
         let ready = with_links(&inner.sockets, move |links| async move {
             let index = links.index(&host).await?;
@@ -85,23 +77,20 @@ impl Sandbox {
     }
 }
 
-/// Inside the container namespace: renames the moved veth end to `eth0`,
-/// adds the addresses, brings it and loopback up, adds default routes.
+/// Inside the container namespace: adds the addresses to the veth end `eth0`,
+/// brings it and loopback up, adds default routes.
 fn configure_container(
     inner: &SandboxInner,
     container: &NetNs,
-    peer_link: &str,
     lease: Lease,
 ) -> Result<(), SandboxError> {
     let thread = NetnsThread::spawn(container)?;
     let gateway = inner.gateway();
     let prefix = inner.config.subnet.prefix_len();
     let prefix_v6 = inner.config.subnet_v6.map(|net| net.prefix_len());
-    let peer = peer_link.to_owned();
 
     with_links(&thread, move |links| async move {
-        let index = links.index(&peer).await?;
-        links.rename(index, &peer, CONTAINER_LINK).await?;
+        let index = links.index(CONTAINER_LINK).await?;
         links
             .add_address(index, CONTAINER_LINK, lease.v4.into(), prefix)
             .await?;

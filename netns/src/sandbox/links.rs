@@ -7,6 +7,9 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlag};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlag, LinkInfo, LinkMessage,
+};
 use rtnetlink::Handle;
 
 use super::SandboxError;
@@ -132,55 +135,39 @@ impl Links {
         self.index(name).await
     }
 
-    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(), SandboxError> {
-        self.handle
-            .link()
-            .add()
-            .veth(name.to_owned(), peer.to_owned())
-            .execute()
-            .await
-            .map_err(self.failed(format!("create veth pair {name}/{peer}")))
-    }
-
-    pub async fn set_master(
+    /// Creates a veth pair in one request: `name` on this side, up and in bridge `bridge`,
+    /// and `peer` directly in the namespace `target`. Creating the peer where it belongs
+    /// spares moving it there, which costs a wait for the kernel's network synchronisation.
+    pub async fn add_veth_into(
         &self,
-        index: u32,
         name: &str,
         bridge: u32,
-    ) -> Result<(), SandboxError> {
-        self.handle
-            .link()
-            .set(index)
-            .controller(bridge)
-            .execute()
-            .await
-            .map_err(self.failed(format!("attach link {name} to bridge index {bridge}")))
-    }
-
-    /// Moves link `index` into the network namespace that `target` refers to.
-    pub async fn move_to(
-        &self,
-        index: u32,
-        name: &str,
+        peer: &str,
         target: &NetNs,
     ) -> Result<(), SandboxError> {
-        self.handle
-            .link()
-            .set(index)
-            .setns_by_fd(target.as_fd().as_raw_fd())
-            .execute()
-            .await
-            .map_err(self.failed(format!("move link {name} into the container namespace")))
-    }
+        let mut peer_message = LinkMessage::default();
+        peer_message
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_owned()));
+        peer_message
+            .attributes
+            .push(LinkAttribute::NetNsFd(target.as_fd().as_raw_fd()));
 
-    pub async fn rename(&self, index: u32, from: &str, to: &str) -> Result<(), SandboxError> {
-        self.handle
-            .link()
-            .set(index)
-            .name(to.to_owned())
-            .execute()
-            .await
-            .map_err(self.failed(format!("rename link {from} to {to}")))
+        let mut request = self.handle.link().add();
+        let message = request.message_mut();
+        message.header.flags.push(LinkFlag::Up);
+        message.header.change_mask.push(LinkFlag::Up);
+        message.attributes.extend([
+            LinkAttribute::IfName(name.to_owned()),
+            LinkAttribute::Controller(bridge),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_message))),
+            ]),
+        ]);
+        request.execute().await.map_err(self.failed(format!(
+            "create veth pair {name}/{peer} into the container namespace"
+        )))
     }
 
     /// Adds `addr/prefix_len` to a link. IPv6 addresses skip duplicate
