@@ -9,9 +9,11 @@ use tokio::time::Instant;
 
 use crate::definition::{ExposedPort, Protocol};
 
-/// The first pause between dials; it doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(5);
-const MAX_BACKOFF: Duration = Duration::from_millis(250);
+/// The first pause between dials; it doubles up to [`MAX_BACKOFF`]. A refused dial inside
+/// the sandbox costs a few microseconds, so the pauses stay short: a long one only delays
+/// every client by up to its length after the service is ready.
+const FIRST_BACKOFF: Duration = Duration::from_millis(1);
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long one dial may take before it counts as a failure.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
