@@ -243,43 +243,67 @@ pub enum IdMapError {
 }
 
 /// Applies `mapping` to process `pid` with the setuid helpers `newuidmap` and `newgidmap`.
+/// The two are independent, so they run at the same time.
 pub fn apply_with_helpers(
     pid: libc::pid_t,
     mapping: &IdMapping,
     newuidmap: &Path,
     newgidmap: &Path,
 ) -> Result<(), IdMapError> {
-    run_helper("newuidmap", newuidmap, pid, &mapping.uids)?;
-    run_helper("newgidmap", newgidmap, pid, &mapping.gids)
+    let uid_helper = Helper::start("newuidmap", newuidmap, pid, &mapping.uids)?;
+    let gid_helper = Helper::start("newgidmap", newgidmap, pid, &mapping.gids);
+    let uid_result = uid_helper.finish();
+    let gid_result = gid_helper.and_then(Helper::finish);
+    uid_result.and(gid_result)
 }
 
-fn run_helper(
+/// A running `newuidmap` or `newgidmap`.
+struct Helper {
     tool: &'static str,
-    path: &Path,
-    pid: libc::pid_t,
-    ranges: &[IdRange],
-) -> Result<(), IdMapError> {
-    let mut args = vec![pid.to_string()];
-    for r in ranges {
-        args.extend([
-            r.container.to_string(),
-            r.host.to_string(),
-            r.size.to_string(),
-        ]);
+    args: Vec<String>,
+    child: std::process::Child,
+}
+
+impl Helper {
+    fn start(
+        tool: &'static str,
+        path: &Path,
+        pid: libc::pid_t,
+        ranges: &[IdRange],
+    ) -> Result<Self, IdMapError> {
+        let mut args = vec![pid.to_string()];
+        for r in ranges {
+            args.extend([
+                r.container.to_string(),
+                r.host.to_string(),
+                r.size.to_string(),
+            ]);
+        }
+        let child = Command::new(path)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|source| IdMapError::HelperSpawn { tool, source })?;
+        Ok(Self { tool, args, child })
     }
-    let output = Command::new(path)
-        .args(&args)
-        .output()
-        .map_err(|source| IdMapError::HelperSpawn { tool, source })?;
-    if output.status.success() {
-        return Ok(());
+
+    fn finish(self) -> Result<(), IdMapError> {
+        let Self { tool, args, child } = self;
+        let output = child
+            .wait_with_output()
+            .map_err(|source| IdMapError::HelperSpawn { tool, source })?;
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(IdMapError::HelperFailed {
+            tool,
+            args: args.join(" "),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
-    Err(IdMapError::HelperFailed {
-        tool,
-        args: args.join(" "),
-        status: output.status,
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-    })
 }
 
 /// Writes the maps of process `pid` directly. This works for a single-ID map of the writer's
