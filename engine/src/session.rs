@@ -93,7 +93,14 @@ impl Engine {
     /// Returns the session's network, creating it on first use.
     pub async fn network(&self) -> Result<&Network, NetworkError> {
         self.network
-            .get_or_try_init(|| async { Network::create(&self.config) })
+            .get_or_try_init(|| async {
+                // The netlink requests block, and on a thread of their own they overlap with
+                // what the caller does meanwhile, such as spawning a container.
+                let config = self.config.clone();
+                tokio::task::spawn_blocking(move || Network::create(&config))
+                    .await
+                    .expect("the network creation task panicked")
+            })
             .await
     }
 

@@ -39,7 +39,6 @@ pub(super) async fn start(
     let name = format!("{name} ({hostname})");
     let exposed = ports::exposed_ports(&image.config, &definition);
     let bound = BoundServices::acquire(container.bindings()).await?;
-    let network = engine.network().await?;
 
     // Arguments without the entrypoint replace the whole command line, as exec steps do.
     let mut run_definition = definition.clone();
@@ -56,7 +55,7 @@ pub(super) async fn start(
         args,
         no_init: command.no_init,
         hostname: Some(hostname.to_owned()),
-        resolv_conf: Some(network.resolv_conf()),
+        resolv_conf: Some(crate::network::resolv_conf(engine.config())?),
         stdout: Stdio::Piped,
         stderr: Stdio::Piped,
         ..ProcessRequest::default()
@@ -72,10 +71,12 @@ pub(super) async fn start(
         request,
     )?;
 
+    // The first service of a session creates the network while its container spawns.
     tracing::info!(service = %name, %hostname, "starting service container");
-    let mut process = tokio::task::spawn_blocking(move || runtime::spawn(&spec))
-        .await
-        .expect("the container spawn task panicked")?;
+    let spawn = tokio::task::spawn_blocking(move || runtime::spawn(&spec));
+    let (network, process) = tokio::join!(engine.network(), spawn);
+    let mut process = process.expect("the container spawn task panicked")?;
+    let network = network?;
     let link = network.attach(process.pid(), hostname)?;
     bound.register_aliases(network.dns().registry(), link.address())?;
     let output = Arc::new(OutputLog::default());
