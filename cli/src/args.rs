@@ -66,7 +66,7 @@ pub struct PullArgs {
     /// Platform to pull from an image index, as OS/ARCH[/VARIANT] (default: this host's).
     #[arg(long)]
     pub platform: Option<String>,
-    /// Print plain progress lines even on a terminal.
+    /// Print no progress, only the manifest digest at the end.
     #[arg(long, short)]
     pub quiet: bool,
     /// Image reference, for example `python:3.11` or `127.0.0.1:5000/library/busybox:latest`.

@@ -1,4 +1,4 @@
-//! Pull progress: one bar per layer on a terminal, plain lines otherwise.
+//! Pull progress: one bar per layer on a terminal, plain lines otherwise, nothing when quiet.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -10,10 +10,12 @@ use mayfly_image::pull::{ProgressSink, PullEvent};
 
 pub struct PullProgress {
     bars: Option<(MultiProgress, Mutex<HashMap<Digest, ProgressBar>>)>,
+    quiet: bool,
 }
 
 impl PullProgress {
-    /// Bars when standard error is a terminal and `quiet` is off, plain lines otherwise.
+    /// Nothing when `quiet` is on; otherwise bars when standard error is a terminal and plain
+    /// lines when it is not.
     pub fn new(quiet: bool) -> Self {
         let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
             (
@@ -21,7 +23,7 @@ impl PullProgress {
                 Mutex::new(HashMap::new()),
             )
         });
-        Self { bars }
+        Self { bars, quiet }
     }
 
     fn bar(&self, digest: &Digest) -> Option<ProgressBar> {
@@ -39,6 +41,9 @@ fn short(digest: &Digest) -> &str {
 
 impl ProgressSink for PullProgress {
     fn event(&self, event: PullEvent) {
+        if self.quiet {
+            return;
+        }
         match event {
             PullEvent::Resolved {
                 reference,

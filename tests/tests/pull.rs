@@ -32,8 +32,26 @@ fn pull_python_applies_whiteouts() {
     }
     let home = MayflyHome::new();
     let expected = fixture("library/python:3.11");
-    let stdout = home.run_ok(&["pull", "python:3.11"]);
-    assert_eq!(stdout.trim(), expected["manifest_digest"].as_str().unwrap());
+    let output = home.run(&["pull", "python:3.11"]);
+    assert!(output.status.success(), "{}", output.status);
+    let digest = expected["manifest_digest"].as_str().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), digest);
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        progress.contains(&format!(
+            "Resolved docker.io/library/python:3.11 to {digest}"
+        )) && progress.contains(": done"),
+        "without a terminal, progress comes as plain lines: {progress}"
+    );
+
+    let quiet = home.run(&["pull", "--quiet", "python:3.11"]);
+    assert!(quiet.status.success(), "{}", quiet.status);
+    assert_eq!(String::from_utf8_lossy(&quiet.stdout).trim(), digest);
+    assert_eq!(
+        String::from_utf8_lossy(&quiet.stderr),
+        "",
+        "--quiet prints no progress"
+    );
 
     // The top layer contains the whiteout and the opaque directory in overlay's format.
     let top = layer_root(&home, &top_diff_id(&expected));
