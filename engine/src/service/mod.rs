@@ -94,9 +94,9 @@ pub struct HealthSettings {
     pub check: Option<HealthCheck>,
     /// The overall time to become healthy; `None` uses the configured health deadline.
     pub deadline: Option<Duration>,
-    /// Who needs the service checked, as Compose's `service_healthy` does: the start fails
-    /// when the service has neither a command check nor a port to check. `None` accepts a
-    /// service with nothing to check as ready once it runs.
+    /// The client that insists on a check, as Compose's `service_healthy` does, named for
+    /// the error: the start fails when the service has neither a command check nor a port to
+    /// check. `None` accepts a service with nothing to check as ready once it runs.
     pub required_by: Option<String>,
 }
 
