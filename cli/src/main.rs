@@ -3,6 +3,7 @@
 mod args;
 mod commands;
 mod progress;
+mod stdout;
 
 use std::process::ExitCode;
 

@@ -153,6 +153,27 @@ fn images_rmi_and_prune() {
         "{table}"
     );
 
+    // A reader that closes the pipe first, as `mayfly images | head -0` does, ends the
+    // listing quietly.
+    for args in [&["images"][..], &["images", "--json"][..]] {
+        let mut child = home
+            .mayfly()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}: {stderr}",
+            output.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+
     let layer = fixture("library/busybox:latest")["layers"][0].clone();
     let blob = home.data_dir().join("mayfly/blobs/sha256").join(
         layer["digest"]

@@ -1,11 +1,13 @@
 //! `mayfly images`, `mayfly rmi` and `mayfly prune`.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mayfly_image::reference::Reference;
 
 use crate::args::{ImagesArgs, RmiArgs};
+use crate::stdout;
 use mayfly_engine::Engine;
 
 pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<ExitCode> {
@@ -14,7 +16,7 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<ExitCode> {
     records.sort_by_key(|record| record.reference.to_string());
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        stdout::write(&format!("{}\n", serde_json::to_string_pretty(&records)?))?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -22,13 +24,14 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<ExitCode> {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())
         .unwrap_or(0);
-    println!(
-        "{:<50} {:<14} {:<14} {:>10}  PULLED",
+    let mut listing = format!(
+        "{:<50} {:<14} {:<14} {:>10}  PULLED\n",
         "REFERENCE", "DIGEST", "PLATFORM", "SIZE"
     );
     for record in records {
         let size: u64 = record.layers.iter().map(|layer| layer.size).sum();
-        println!(
+        let _ = writeln!(
+            listing,
             "{:<50} {:<14} {:<14} {:>10}  {} ago",
             record.reference.to_string(),
             &record.manifest_digest.hex()[..12],
@@ -37,6 +40,7 @@ pub fn images(engine: &Engine, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             human_age(now.saturating_sub(record.pulled_at)),
         );
     }
+    stdout::write(&listing)?;
     Ok(ExitCode::SUCCESS)
 }
 
