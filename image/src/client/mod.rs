@@ -91,6 +91,13 @@ pub enum ClientError {
         source: reqwest::Error,
     },
 
+    #[error("cannot resolve the registry host {host}; check its name and this machine's network and DNS, or name a registry you can reach as its mirror or location in registries.conf (see containers-registries.conf(5))")]
+    NameResolution {
+        host: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
     #[error("TLS connection to {registry} failed: if the registry uses a private CA, put it in ~/.config/containers/certs.d/{registry}/ca.crt or list it in $MAYFLY_EXTRA_CA; if it serves plain HTTP, set insecure = true for it in registries.conf")]
     Tls {
         registry: String,
@@ -821,10 +828,34 @@ fn classify_send_error(registry: &str, url: &str, source: reqwest::Error) -> Fai
             source,
         });
     }
+    // A name that does not resolve now will not resolve in a few seconds either, and a
+    // machine without network access would otherwise wait through every retry.
+    if is_name_resolution_failure(&source) {
+        let host = source
+            .url()
+            .and_then(|url| url.host_str())
+            .unwrap_or_else(|| host_of(registry))
+            .to_owned();
+        return Failure::Fatal(ClientError::NameResolution { host, source });
+    }
     Failure::transient(ClientError::Connect {
         url: url.to_owned(),
         source,
     })
+}
+
+/// Returns whether a connection failed because the host name did not resolve. The HTTP
+/// client reports resolver failures only as text ("dns error: ..."), not as a type.
+fn is_name_resolution_failure(error: &reqwest::Error) -> bool {
+    error.is_connect() && error_chain(error).contains("dns error")
+}
+
+/// The host of `registry` (`host[:port]` or `[v6]:port`), without the port.
+fn host_of(registry: &str) -> &str {
+    match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => registry.split(':').next().unwrap_or(registry),
+    }
 }
 
 /// Returns whether a connection failed in the TLS handshake. rustls reports handshake
@@ -948,6 +979,40 @@ mod tests {
         assert_eq!(
             header.to_str().unwrap(),
             "Basic bWF5Zmx5Om1heWZseS1zZWNyZXQ="
+        );
+    }
+
+    /// A resolver that fails every lookup, so the test sends nothing anywhere.
+    struct NoNames;
+
+    impl reqwest::dns::Resolve for NoNames {
+        fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+            let message = format!("no address for {}", name.as_str());
+            Box::pin(async move { Err(message.into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn unresolvable_host_is_final() {
+        let client = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(NoNames))
+            .build()
+            .unwrap();
+        let url = "http://registry.invalid:5000/v2/";
+        let error = client.get(url).send().await.unwrap_err();
+        assert!(
+            is_name_resolution_failure(&error),
+            "{}",
+            error_chain(&error)
+        );
+
+        let Failure::Fatal(error) = classify_send_error("registry.invalid:5000", url, error) else {
+            panic!("a name that does not resolve is not retried");
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("registry.invalid") && message.contains("registries.conf"),
+            "{message}"
         );
     }
 
