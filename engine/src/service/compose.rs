@@ -74,7 +74,8 @@ impl ComposeServices {
                 deadline: None,
                 required_by: self.waits_healthy_for(name),
             })
-            .with_label(&format!("service {name}"));
+            // Messages put "service" before the label themselves.
+            .with_label(name);
         self.built
             .lock()
             .expect("compose lock poisoned")
