@@ -127,8 +127,8 @@ pub struct HealthFlags {
     /// Disable the image's HEALTHCHECK.
     #[arg(long = "no-healthcheck", conflicts_with = "cmd")]
     pub no_healthcheck: bool,
-    /// Overall time a service has to become healthy (default: the health-deadline setting,
-    /// 60s).
+    /// Overall time each service that the command starts, bound services included, has to
+    /// become healthy, such as 10s or 2m (default: the health-deadline setting, 60s).
     #[arg(long = "health-deadline", value_name = "DURATION")]
     pub deadline: Option<String>,
 }
@@ -242,6 +242,14 @@ pub enum ComposeCommand {
 
 #[derive(Debug, Args)]
 pub struct ComposeRunArgs {
+    /// Accepted for compatibility with `docker compose run --rm`: mayfly always removes the
+    /// container.
+    #[arg(long)]
+    pub rm: bool,
+    /// Set an environment variable in this container only, as NAME=VALUE, or NAME to copy it
+    /// from mayfly's environment.
+    #[arg(long = "env", short = 'e', value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
     /// Keep standard input open and pass it to the container.
     #[arg(long, short = 'i')]
     pub interactive: bool,
@@ -251,21 +259,36 @@ pub struct ComposeRunArgs {
     /// Publish the service's `ports` too (`compose run` leaves them out by default).
     #[arg(long)]
     pub service_ports: bool,
-    /// The service, then a command that replaces its `command`.
+    #[command(flatten)]
+    pub deadline: HealthDeadlineFlag,
+    /// The service to run.
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    /// A command that replaces the service's `command`. Everything after SERVICE belongs to
+    /// the container, options included, as with `docker compose run`.
     #[arg(
-        value_name = "SERVICE [COMMAND [ARG...]]",
-        required = true,
-        num_args = 1..,
+        value_name = "COMMAND [ARG...]",
         trailing_var_arg = true,
         allow_hyphen_values = true
     )]
-    pub service_and_command: Vec<String>,
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct ComposeUpArgs {
+    #[command(flatten)]
+    pub deadline: HealthDeadlineFlag,
     /// Services to start (default: every service in the file).
     pub services: Vec<String>,
+}
+
+/// The overall health wait of every service a Compose command starts.
+#[derive(Debug, Args)]
+pub struct HealthDeadlineFlag {
+    /// Overall time each service has to become healthy, such as 10s or 2m (default: the
+    /// health-deadline setting, 60s).
+    #[arg(long = "health-deadline", value_name = "DURATION")]
+    pub deadline: Option<String>,
 }
 
 #[derive(Debug, Args)]

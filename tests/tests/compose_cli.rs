@@ -839,3 +839,375 @@ fn compose_run_mariadb_client() {
     assert!(output.status.success(), "{}", output.status);
     assert_eq!(stdout_of(&output), "42\n", "the client's query returned 42");
 }
+
+/// A `mayfly compose up` running in the background, its output going to files.
+struct BackgroundUp {
+    child: Child,
+    guard: Option<KillOnDrop>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl BackgroundUp {
+    /// Starts `mayfly compose -f FILE up ARGS` with [`FAST_SETTINGS`].
+    fn start(home: &MayflyHome, file: &Path, args: &[&str]) -> Self {
+        let stdout = home.path().join("up.stdout");
+        let stderr = home.path().join("up.stderr");
+        let child = mayfly(home)
+            .args(["compose", "-f", file.to_str().unwrap(), "up"])
+            .args(args)
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let guard = Some(KillOnDrop(child.id()));
+        Self {
+            child,
+            guard,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap()
+    }
+
+    /// Waits until stderr contains `text`, for at most `limit`.
+    fn wait_for_stderr(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.stderr().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "stderr did not contain {text:?} within {limit:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn interrupt(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+    }
+
+    /// Waits for mayfly to exit, for at most `limit`, and returns its status, stdout and
+    /// stderr.
+    fn finish(mut self, limit: Duration) -> (ExitStatus, String, String) {
+        let status = wait_with_deadline(&mut self.child, limit);
+        // The process is reaped, so its PID may belong to another process now: no kill on
+        // drop.
+        std::mem::forget(self.guard.take());
+        let stdout = std::fs::read_to_string(&self.stdout).unwrap();
+        let stderr = self.stderr();
+        println!("status: {status}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        (status, stdout, stderr)
+    }
+}
+
+/// Returns a Compose file with a job `migrate` that appends a line to ./data/runs, a `web`
+/// that needs it completed and publishes `port`, and a `client` that fetches web's page once
+/// and exits 0.
+fn up_project(port: u16) -> String {
+    format!(
+        "{}services:
+  migrate:
+    image: busybox:latest
+    command: [\"sh\", \"-c\", \"echo migrated; echo run >> /data/runs\"]
+    volumes: [\"./data:/data\"]
+  web:
+    image: busybox:latest
+    command: [\"httpd\", \"-f\", \"-vv\", \"-p\", \"8080\", \"-h\", \"/www\"]
+    configs:
+      - source: page
+        target: /www/index.html
+    ports: [\"127.0.0.1:{port}:8080\"]
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+  client:
+    image: busybox:latest
+    depends_on: [web]
+    command: [\"sh\", \"-c\", {}]
+",
+        page_config(),
+        yaml_string(&format!("{}; echo; echo client-done", fetch("web"))),
+    )
+}
+
+#[test]
+fn compose_up_survives_exited_services() {
+    let Some(home) = ready() else { return };
+    let port = free_port();
+    let file = write_project(&home, &up_project(port));
+    let data = file.parent().unwrap().join("data");
+    std::fs::create_dir(&data).unwrap();
+
+    let up = BackgroundUp::start(&home, &file, &[]);
+    up.wait_for_stderr(
+        "service client exited with exit status 0",
+        Duration::from_secs(20),
+    );
+    let stderr = up.stderr();
+    assert!(
+        stderr.contains("service migrate exited with exit status 0"),
+        "the completed job is reported: {stderr}"
+    );
+    // A second after the client exited, web still serves its page.
+    std::thread::sleep(Duration::from_secs(1));
+    let response = wait_for_page(port, Duration::from_secs(5));
+    assert!(response.contains(" 200 "), "{response}");
+
+    up.interrupt();
+    let (status, stdout, stderr) = up.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "Ctrl-C after exits is a clean stop");
+    assert!(
+        !stderr.contains("service web exited"),
+        "web ran until Ctrl-C: {stderr}"
+    );
+    assert!(
+        stdout.lines().any(|line| line == "migrate | migrated"),
+        "the job's output is streamed: {stdout}"
+    );
+    assert!(
+        stdout.lines().any(|line| line == "client | client-done"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("client | {PAGE}")),
+        "the client reached web: {stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("runs")).unwrap(),
+        "run\n",
+        "the job ran once"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the published port closes with mayfly"
+    );
+}
+
+#[test]
+fn compose_up_named_job_runs_once() {
+    let Some(home) = ready() else { return };
+    let port = free_port();
+    let file = write_project(&home, &up_project(port));
+    let data = file.parent().unwrap().join("data");
+    std::fs::create_dir(&data).unwrap();
+
+    let up = BackgroundUp::start(&home, &file, &["migrate", "web"]);
+    wait_for_page(port, Duration::from_secs(20));
+    up.wait_for_stderr(
+        "service migrate exited with exit status 0",
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    wait_for_page(port, Duration::from_secs(5));
+
+    up.interrupt();
+    let (status, stdout, _) = up.finish(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "SIGINT stops compose up cleanly");
+    assert_eq!(
+        std::fs::read_to_string(data.join("runs")).unwrap(),
+        "run\n",
+        "a job named on the command line runs once, before web"
+    );
+    assert!(
+        !stdout.contains("client |"),
+        "up migrate web starts no client: {stdout}"
+    );
+}
+
+#[test]
+fn compose_up_exits_after_every_service() {
+    let Some(home) = ready() else { return };
+    let yaml = "services:
+  first:
+    image: busybox:latest
+    command: [\"echo\", \"first-done\"]
+  second:
+    image: busybox:latest
+    command: [\"sh\", \"-c\", \"sleep 1; echo second-done\"]
+";
+    let file = write_project(&home, yaml);
+
+    let up = BackgroundUp::start(&home, &file, &[]);
+    let (status, stdout, stderr) = up.finish(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "every service exited 0");
+    assert!(stdout.contains("first | first-done"), "{stdout}");
+    assert!(stdout.contains("second | second-done"), "{stdout}");
+    assert!(
+        stderr.contains("service first exited with exit status 0"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("service second exited with exit status 0"),
+        "{stderr}"
+    );
+
+    let file = write_project(&home, &yaml.replace("echo second-done", "exit 3"));
+    let up = BackgroundUp::start(&home, &file, &[]);
+    let (status, _, stderr) = up.finish(Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "compose up exits with the status of the service that failed"
+    );
+    assert!(
+        stderr.contains("service second exited with exit status 3"),
+        "{stderr}"
+    );
+}
+
+/// A Compose file whose `db` never accepts connections on the port it exposes, and an `app`
+/// that waits for it to be healthy.
+const SICK_PROJECT: &str = "services:
+  db:
+    image: busybox:latest
+    command: [\"sleep\", \"1000\"]
+    expose: [\"3306\"]
+  app:
+    image: busybox:latest
+    depends_on:
+      db:
+        condition: service_healthy
+    command: [\"echo\", \"app-ran\"]
+";
+
+/// Runs `mayfly ARGS` with a 60 s health deadline setting and checks that the 2 s deadline
+/// that ARGS give applies to the Compose service db.
+fn assert_deadline_applies(home: &MayflyHome, args: &[&str]) {
+    println!("$ mayfly {}", args.join(" "));
+    let started = Instant::now();
+    let output = mayfly(home)
+        .env("MAYFLY_HEALTH_DEADLINE", "60s")
+        .args(args)
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = stderr_of(&output);
+    println!("status: {}\nstderr:\n{stderr}", output.status);
+
+    assert_eq!(output.status.code(), Some(125), "the unhealthy db fails");
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "--health-deadline 2s replaced the 60 s setting, but the command took {elapsed:?}"
+    );
+    assert!(
+        stderr.contains("within 2s"),
+        "the message gives the deadline: {stderr}"
+    );
+    assert!(
+        stderr.contains("service db ("),
+        "the message names the Compose service: {stderr}"
+    );
+    assert!(
+        !stderr.contains("service service"),
+        "the message says \"service\" once: {stderr}"
+    );
+    assert!(!stdout_of(&output).contains("app-ran"));
+}
+
+#[test]
+fn health_deadline_covers_compose_services() {
+    let Some(home) = ready() else { return };
+    let file = write_project(&home, SICK_PROJECT);
+    let file = file.to_str().unwrap();
+
+    assert_deadline_applies(
+        &home,
+        &[
+            "run",
+            "--health-deadline",
+            "2s",
+            "--service",
+            "database=db",
+            "-f",
+            file,
+            "busybox:latest",
+            "echo",
+            "app-ran",
+        ],
+    );
+    assert_deadline_applies(
+        &home,
+        &[
+            "compose",
+            "-f",
+            file,
+            "run",
+            "--health-deadline",
+            "2s",
+            "app",
+        ],
+    );
+    assert_deadline_applies(
+        &home,
+        &["compose", "-f", file, "up", "--health-deadline", "2s", "db"],
+    );
+}
+
+#[test]
+fn compose_run_accepts_rm_and_env() {
+    let Some(home) = ready() else { return };
+    let yaml = "services:
+  client:
+    image: busybox:latest
+    environment:
+      FROM_FILE: file-value
+    command: [\"echo\", \"default-command\"]
+";
+    let file = write_project(&home, yaml);
+    let file = file.to_str().unwrap();
+    let script = "echo \"$FROM_FILE $EXTRA $COPIED $UNSET-\"";
+
+    let output = mayfly(&home)
+        .env("COPIED", "copied-value")
+        .env_remove("UNSET")
+        .args([
+            "compose",
+            "-f",
+            file,
+            "run",
+            "--rm",
+            "-e",
+            "EXTRA=extra-value",
+        ])
+        .args([
+            "--env", "COPIED", "-e", "UNSET", "client", "sh", "-c", script,
+        ])
+        .output()
+        .unwrap();
+    println!("status: {}\nstderr:\n{}", output.status, stderr_of(&output));
+    assert!(output.status.success(), "{}", output.status);
+    assert_eq!(
+        stdout_of(&output),
+        "file-value extra-value copied-value -\n",
+        "-e adds to the file's environment, and -e NAME copies a set variable"
+    );
+
+    let output = compose(
+        &home,
+        Path::new(file),
+        &["run", "client", "echo", "--rm", "-e"],
+    );
+    assert!(output.status.success(), "{}", output.status);
+    assert_eq!(
+        stdout_of(&output),
+        "--rm -e\n",
+        "options after the service belong to the command"
+    );
+
+    let output = compose(&home, Path::new(file), &["run", "--no-such-flag", "client"]);
+    assert_eq!(output.status.code(), Some(2), "clap's usage error status");
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("unexpected argument '--no-such-flag'"),
+        "an unknown option is reported as an option: {stderr}"
+    );
+    assert!(!stderr.contains("is not defined"), "{stderr}");
+}

@@ -7,11 +7,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::bail;
+use futures::StreamExt;
 use mayfly_engine::compose::{find_default_file, ComposePort, ComposeProject};
+use mayfly_engine::definition::Change;
 use mayfly_engine::network::PortMapping;
 use mayfly_engine::service::{
-    ComposeServices, HealthSettings, OutputLine, PublishedService, ServiceBinding, ServiceRef,
-    UpPort,
+    ComposeServices, HealthSettings, Instance, OutputLine, PublishedService, ServiceBinding,
+    ServiceRef, UpPort,
 };
 use mayfly_engine::Engine;
 use mayfly_image::reference::Reference;
@@ -68,11 +70,16 @@ async fn compose_run(
     services: ComposeServices,
     args: ComposeRunArgs,
 ) -> anyhow::Result<ExitCode> {
-    let name = &args.service_and_command[0];
-    let command = args.service_and_command[1..].to_vec();
+    let name = args.service.as_str();
     let compose = services.project().service(name)?.clone();
     services.run_jobs(&[name]).await?;
     let container = services.container(name)?;
+    let mut definition = container.definition().clone();
+    for pair in &args.env {
+        if let Some(change) = env_change(pair)? {
+            definition = definition.with(change);
+        }
+    }
     let publish = match args.service_ports {
         true => compose.ports.iter().map(port_mapping).collect(),
         false => Vec::new(),
@@ -80,8 +87,8 @@ async fn compose_run(
     let plan = RunPlan {
         reference: Reference::parse(&compose.image)?,
         platform: parse_platform(compose.platform.as_deref())?,
-        definition: container.definition().clone(),
-        command,
+        definition,
+        command: args.command,
         publish,
         bindings: container.bindings().to_vec(),
         network: NetworkMode::Sandbox,
@@ -94,17 +101,35 @@ async fn compose_run(
     run_plan(engine, plan).await
 }
 
-/// A running service of `compose up`: its name and what keeps it running.
+/// Turns `-e NAME=VALUE` into an environment change. As with `docker compose run`, `-e NAME`
+/// copies the variable from mayfly's environment, and does nothing when it is not set.
+fn env_change(pair: &str) -> anyhow::Result<Option<Change>> {
+    let (name, value) = match pair.split_once('=') {
+        Some((name, value)) => (name.to_owned(), value.to_owned()),
+        None => match std::env::var(pair) {
+            Ok(value) => (pair.to_owned(), value),
+            Err(_) => return Ok(None),
+        },
+    };
+    if name.is_empty() {
+        bail!("invalid --env {pair:?}: the variable name is empty; write NAME=VALUE");
+    }
+    Ok(Some(Change::Env { name, value }))
+}
+
+/// A service of `compose up`: what keeps it running, or the job that already completed.
 enum Running {
     Published(PublishedService),
     Held(ServiceRef),
+    Completed(Arc<Instance>),
 }
 
 impl Running {
-    fn reference(&self) -> &ServiceRef {
+    fn instance(&self) -> &Arc<Instance> {
         match self {
-            Running::Published(published) => published.reference(),
-            Running::Held(reference) => reference,
+            Running::Published(published) => published.reference().instance(),
+            Running::Held(reference) => reference.instance(),
+            Running::Completed(instance) => instance,
         }
     }
 }
@@ -138,11 +163,7 @@ async fn compose_up(
 
     let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     for (name, service) in &running {
-        let (history, mut receiver) = service
-            .reference()
-            .instance()
-            .output
-            .history_and_subscribe();
+        let (history, mut receiver) = service.instance().output.history_and_subscribe();
         for line in history {
             println!("{name} | {line}");
         }
@@ -164,30 +185,45 @@ async fn compose_up(
             }
         });
     }
-    let exits = running.iter().map(|(name, service)| {
-        Box::pin(async move {
-            let status = service.reference().instance().exited().await;
-            (name.clone(), status)
-        })
-    });
-    let mut first_exit = futures::future::select_all(exits);
-    let outcome = loop {
+    // As with `docker compose up`, a service that exits leaves the others running. mayfly
+    // stops them at Ctrl-C, or exits once every service has exited on its own.
+    let mut exits: futures::stream::FuturesUnordered<_> = running
+        .iter()
+        .map(|(name, service)| async move { (name, service.instance().exited().await) })
+        .collect();
+    let mut failed = None;
+    while !exits.is_empty() {
         tokio::select! {
+            // Lines first, so a service's last lines come before the notice of its exit.
+            biased;
             Some(line) = lines.recv() => println!("{line}"),
-            ((name, status), _, _) = &mut first_exit => break Err((name, status)),
+            Some((name, status)) = exits.next() => {
+                eprintln!("mayfly: service {name} exited with {status}");
+                tracing::info!(service = %name, %status, "compose service exited");
+                if !status.success() && failed.is_none() {
+                    failed = Some(status);
+                }
+            }
             signal = signals.stop_requested() => {
                 eprintln!("mayfly: {signal} received; stopping");
-                break Ok(());
+                failed = None;
+                break;
             }
         }
-    };
-    drop(first_exit);
+    }
+    drop(exits);
+
+    // Output the last lines that arrived before the exits.
+    while let Ok(line) = lines.try_recv() {
+        println!("{line}");
+    }
     drop(running);
     engine.stop_services().await;
-    match outcome {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err((name, status)) => bail!("service {name} exited with {status}"),
-    }
+    Ok(match failed {
+        // The status of the first service that failed, as a shell reports it.
+        Some(status) => ExitCode::from(u8::try_from(status.code()).unwrap_or(1).max(1)),
+        None => ExitCode::SUCCESS,
+    })
 }
 
 /// Runs the jobs, then starts each root (every service that is not a job, by default) in
@@ -196,7 +232,7 @@ async fn start_all(
     services: &ComposeServices,
     roots: &[&str],
 ) -> anyhow::Result<Vec<(String, Running)>> {
-    services.run_jobs(roots).await?;
+    let completed = services.run_jobs(roots).await?;
     let project = services.project();
     let jobs: Vec<&str> = project
         .services
@@ -217,8 +253,16 @@ async fn start_all(
         })
         .collect();
 
-    let mut running = Vec::new();
+    // Jobs ran to completion above; they are reported with the other services but not
+    // started again.
+    let mut running: Vec<(String, Running)> = completed
+        .into_iter()
+        .map(|(name, instance)| (name, Running::Completed(instance)))
+        .collect();
     for name in selected {
+        if running.iter().any(|(done, _)| done == name) {
+            continue;
+        }
         let compose = project.service(name)?;
         let service = services.service(name)?;
         let hostname = service.hostname().await?;

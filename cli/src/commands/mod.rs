@@ -11,12 +11,15 @@ mod up;
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use mayfly_engine::bootstrap::{self, BootstrapOptions};
 use mayfly_engine::config::{self, Config};
+use mayfly_engine::health_check::parse_duration;
 use mayfly_engine::Engine;
 
-use crate::args::{Cli, Command, SystemCommand};
+use crate::args::{Cli, Command, ComposeCommand, SystemCommand};
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if !cli.command.needs_engine() {
@@ -34,7 +37,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 
     // The configuration is read before the bootstrap, while the real uid is still visible.
-    let config = Config::load()?;
+    let mut config = Config::load()?;
+    if let Some(deadline) = health_deadline(&cli.command)? {
+        config.health_deadline = deadline;
+    }
     // The bootstrap logs each of its warnings once, so they are not printed again here.
     let bootstrap = bootstrap::enter(&bootstrap_options(&config))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -55,6 +61,25 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Login(_) | Command::Logout(_) => unreachable!("handled above"),
         }
     })
+}
+
+/// Returns the command's --health-deadline. It replaces the session's setting, so that it
+/// covers every service the command starts: bound services and Compose dependencies too.
+fn health_deadline(command: &Command) -> anyhow::Result<Option<Duration>> {
+    let flag = match command {
+        Command::Run(args) => &args.container.health.deadline,
+        Command::Up(args) => &args.container.health.deadline,
+        Command::Compose(args) => match &args.command {
+            ComposeCommand::Run(run) => &run.deadline.deadline,
+            ComposeCommand::Up(up) => &up.deadline.deadline,
+        },
+        _ => return Ok(None),
+    };
+    flag.as_deref()
+        .map(|text| {
+            parse_duration(text).with_context(|| format!("invalid --health-deadline {text:?}"))
+        })
+        .transpose()
 }
 
 fn bootstrap_options(config: &Config) -> BootstrapOptions {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::error::{OutputTail, ServiceError};
-use super::{HealthSettings, Service, ServiceCommand};
+use super::{HealthSettings, Instance, Service, ServiceCommand};
 use crate::compose::{ComposeProject, ComposeService, DependencyCondition, Mount};
 use crate::container::Container;
 use crate::definition::{Change, Definition, ExposedPort};
@@ -74,7 +74,8 @@ impl ComposeServices {
                 deadline: None,
                 required_by: self.waits_healthy_for(name),
             })
-            .with_label(&format!("service {name}"));
+            // Messages put "service" before the label themselves.
+            .with_label(name);
         self.built
             .lock()
             .expect("compose lock poisoned")
@@ -97,8 +98,11 @@ impl ComposeServices {
 
     /// Runs, in dependency order, every service that `roots` (or a service they depend on)
     /// needs completed successfully, and fails on the first one that exits with another
-    /// status.
-    pub async fn run_jobs(&self, roots: &[&str]) -> Result<(), ServiceError> {
+    /// status. Returns each job's name and its finished instance, which keeps its output.
+    pub async fn run_jobs(
+        &self,
+        roots: &[&str],
+    ) -> Result<Vec<(String, Arc<Instance>)>, ServiceError> {
         let order = self.project.dependency_order(roots)?;
         let mut jobs: Vec<&str> = Vec::new();
         for name in &order {
@@ -112,6 +116,7 @@ impl ComposeServices {
         // Jobs run in the order of the whole graph, so a job's own jobs come first.
         jobs.sort_by_key(|job| order.iter().position(|name| name == job));
 
+        let mut completed = Vec::new();
         for job in jobs {
             tracing::info!(service = %job, "running a compose job to completion");
             let service = self.service(job)?;
@@ -125,8 +130,10 @@ impl ComposeServices {
                     output: OutputTail(instance.output.tail()),
                 });
             }
+            tracing::info!(service = %job, "compose job completed");
+            completed.push((job.to_owned(), instance));
         }
-        Ok(())
+        Ok(completed)
     }
 }
 
