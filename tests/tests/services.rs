@@ -566,6 +566,46 @@ fn up_service_exit_fails_at_once() {
 }
 
 #[test]
+fn up_exit_during_health_command() {
+    let Some(home) = busybox_home() else { return };
+    // The service exits while its health command runs, so the command cannot finish. The
+    // error must name the exit, which is the cause, and not the health check.
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &[
+            "up",
+            "--expose",
+            "8080",
+            "--health-cmd",
+            "sleep 5",
+            "--health-interval",
+            "1s",
+            "busybox:latest",
+            "sh",
+            "-c",
+            "sleep 0.5; echo bye; exit 4",
+        ],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("exited with exit status 4 before it was ready"),
+        "the error names the exit, not the check: {stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with("\nbye"),
+        "the error ends with the service's output: {stderr}"
+    );
+    assert!(!stderr.contains("unhealthy"), "{stderr}");
+    let long_hex = stderr
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .any(|word| word.len() >= 64);
+    assert!(!long_hex, "no container id in the message: {stderr}");
+}
+
+#[test]
 fn up_never_listening_hits_deadline() {
     let Some(home) = busybox_home() else { return };
     let started = Instant::now();
