@@ -606,6 +606,45 @@ fn up_exit_during_health_command() {
 }
 
 #[test]
+fn up_failing_health_command_message() {
+    let Some(home) = busybox_home() else { return };
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &[
+            "up",
+            "--expose",
+            "8080",
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "100ms",
+            "--health-retries",
+            "1",
+            "busybox:latest",
+            "sleep",
+            "1000",
+        ],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("mayfly: service busybox:latest"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains("is unhealthy: health check `false` failed 1 time in a row"),
+        "the reason comes first: {error}"
+    );
+    assert_eq!(error.matches("unhealthy").count(), 1, "{error}");
+    assert!(
+        error.ends_with("The service printed nothing."),
+        "the service's output comes last: {error}"
+    );
+}
+
+#[test]
 fn up_never_listening_hits_deadline() {
     let Some(home) = busybox_home() else { return };
     let started = Instant::now();
