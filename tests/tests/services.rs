@@ -645,6 +645,32 @@ fn up_failing_health_command_message() {
 }
 
 #[test]
+fn zero_health_durations_rejected() {
+    // The flags are checked before anything is pulled, so no registry is needed.
+    let home = MayflyHome::new();
+    for flag in ["--health-deadline", "--health-interval", "--health-timeout"] {
+        let output = home.run(&[
+            "up",
+            "--expose",
+            "8080",
+            "--health-cmd",
+            "true",
+            flag,
+            "0s",
+            "busybox:latest",
+            "sleep",
+            "1000",
+        ]);
+        assert_eq!(output.status.code(), Some(125), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("invalid {flag} \"0s\": it must be more than zero")),
+            "the error names the flag and the value: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn up_never_listening_hits_deadline() {
     let Some(home) = busybox_home() else { return };
     let started = Instant::now();
