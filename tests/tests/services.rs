@@ -671,6 +671,35 @@ fn zero_health_durations_rejected() {
 }
 
 #[test]
+fn up_without_ports_fails_before_start() {
+    let Some(home) = busybox_home() else { return };
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &["up", "busybox:latest", "sleep", "1000"],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("image busybox:latest exposes no port"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("give one with --expose PORT"),
+        "the error names the CLI flag: {stderr}"
+    );
+    assert!(
+        !stderr.contains("with_exposed_port"),
+        "no Rust method name: {stderr}"
+    );
+    assert!(
+        !stderr.contains("mayfly: starting"),
+        "nothing was started: {stderr}"
+    );
+}
+
+#[test]
 fn up_never_listening_hits_deadline() {
     let Some(home) = busybox_home() else { return };
     let started = Instant::now();

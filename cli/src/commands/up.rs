@@ -48,6 +48,13 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
             no_init: flags.no_init,
         })
         .with_health(health);
+    if ports.is_empty() && service.ports().await?.is_empty() {
+        bail!(
+            "image {} exposes no port, so there is nothing to publish; give one with \
+             --expose PORT",
+            args.image()
+        );
+    }
     let hostname = service.hostname().await?;
     let name = short_name(&reference);
     eprintln!(

@@ -155,7 +155,10 @@ pub enum ServiceError {
         port: u16,
         ports: String,
     },
-    #[error("service {service} exposes no port; give one with with_exposed_port (or --expose)")]
+    #[error(
+        "service {service} exposes no port; give one with Container::with_exposed_port, or \
+         pass the ports to publish"
+    )]
     NoPorts { service: String },
     /// The same failure, reported to each client that waited on one start.
     #[error(transparent)]
