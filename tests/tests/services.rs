@@ -858,6 +858,40 @@ fn up_udp_port_echo() {
 }
 
 #[test]
+fn run_privileged_port_hint() {
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    if start <= 80 || nix::unistd::geteuid().is_root() {
+        println!("skipped: this user may bind port 80 (ip_unprivileged_port_start is {start})");
+        return;
+    }
+    let Some(home) = busybox_home() else { return };
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &["run", "-p", "127.0.0.1:80:8080", "busybox:latest", "true"],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("failed to bind 127.0.0.1:80: "), "{stderr}");
+    assert!(
+        stderr.contains(&format!("ports below {start} need privileges")),
+        "the error explains the privileged range: {stderr}"
+    );
+    assert!(
+        stderr.contains("sysctl net.ipv4.ip_unprivileged_port_start=80"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("network namespace"),
+        "the host's namespace is not named: {stderr}"
+    );
+}
+
+#[test]
 fn run_publishes_udp_port() {
     let Some(home) = python_home() else { return };
     let port = free_udp_port();
