@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use mayfly_image::manifest::HealthConfig;
 
-pub use duration::parse_duration;
+pub use duration::{parse_duration, RoundedDuration};
 pub use wait::{wait_until_healthy, CommandHealthError};
 
 /// Docker's default time between checks.

@@ -566,6 +566,140 @@ fn up_service_exit_fails_at_once() {
 }
 
 #[test]
+fn up_exit_during_health_command() {
+    let Some(home) = busybox_home() else { return };
+    // The service exits while its health command runs, so the command cannot finish. The
+    // error must name the exit, which is the cause, and not the health check.
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &[
+            "up",
+            "--expose",
+            "8080",
+            "--health-cmd",
+            "sleep 5",
+            "--health-interval",
+            "1s",
+            "busybox:latest",
+            "sh",
+            "-c",
+            "sleep 0.5; echo bye; exit 4",
+        ],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("exited with exit status 4 before it was ready"),
+        "the error names the exit, not the check: {stderr}"
+    );
+    assert!(
+        stderr.trim_end().ends_with("\nbye"),
+        "the error ends with the service's output: {stderr}"
+    );
+    assert!(!stderr.contains("unhealthy"), "{stderr}");
+    let long_hex = stderr
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .any(|word| word.len() >= 64);
+    assert!(!long_hex, "no container id in the message: {stderr}");
+}
+
+#[test]
+fn up_failing_health_command_message() {
+    let Some(home) = busybox_home() else { return };
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &[
+            "up",
+            "--expose",
+            "8080",
+            "--health-cmd",
+            "false",
+            "--health-interval",
+            "100ms",
+            "--health-retries",
+            "1",
+            "busybox:latest",
+            "sleep",
+            "1000",
+        ],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("mayfly: service busybox:latest"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains("is unhealthy: health check `false` failed 1 time in a row"),
+        "the reason comes first: {error}"
+    );
+    assert_eq!(error.matches("unhealthy").count(), 1, "{error}");
+    assert!(
+        error.ends_with("The service printed nothing."),
+        "the service's output comes last: {error}"
+    );
+}
+
+#[test]
+fn zero_health_durations_rejected() {
+    // The flags are checked before anything is pulled, so no registry is needed.
+    let home = MayflyHome::new();
+    for flag in ["--health-deadline", "--health-interval", "--health-timeout"] {
+        let output = home.run(&[
+            "up",
+            "--expose",
+            "8080",
+            "--health-cmd",
+            "true",
+            flag,
+            "0s",
+            "busybox:latest",
+            "sleep",
+            "1000",
+        ]);
+        assert_eq!(output.status.code(), Some(125), "{flag}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("invalid {flag} \"0s\": it must be more than zero")),
+            "the error names the flag and the value: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn up_without_ports_fails_before_start() {
+    let Some(home) = busybox_home() else { return };
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &["up", "busybox:latest", "sleep", "1000"],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("image busybox:latest exposes no port"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("give one with --expose PORT"),
+        "the error names the CLI flag: {stderr}"
+    );
+    assert!(
+        !stderr.contains("with_exposed_port"),
+        "no Rust method name: {stderr}"
+    );
+    assert!(
+        !stderr.contains("mayfly: starting"),
+        "nothing was started: {stderr}"
+    );
+}
+
+#[test]
 fn up_never_listening_hits_deadline() {
     let Some(home) = busybox_home() else { return };
     let started = Instant::now();
@@ -720,6 +854,40 @@ fn up_udp_port_echo() {
         up.stdout().contains("python | listening"),
         "{}",
         up.stdout()
+    );
+}
+
+#[test]
+fn run_privileged_port_hint() {
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
+    if start <= 80 || nix::unistd::geteuid().is_root() {
+        println!("skipped: this user may bind port 80 (ip_unprivileged_port_start is {start})");
+        return;
+    }
+    let Some(home) = busybox_home() else { return };
+    let output = Mayfly::output(
+        &home,
+        SHORT_TIMEOUTS,
+        &["run", "-p", "127.0.0.1:80:8080", "busybox:latest", "true"],
+        RUN_LIMIT,
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("failed to bind 127.0.0.1:80: "), "{stderr}");
+    assert!(
+        stderr.contains(&format!("ports below {start} need privileges")),
+        "the error explains the privileged range: {stderr}"
+    );
+    assert!(
+        stderr.contains("sysctl net.ipv4.ip_unprivileged_port_start=80"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("network namespace"),
+        "the host's namespace is not named: {stderr}"
     );
 }
 

@@ -22,10 +22,10 @@ pub fn health_settings(flags: &HealthFlags) -> anyhow::Result<HealthSettings> {
             .map(|text| parse_duration(text).with_context(|| format!("invalid --{name} {text:?}")))
             .transpose()
     };
-    let interval = duration("health-interval", &flags.interval)?;
-    let timeout = duration("health-timeout", &flags.timeout)?;
+    let interval = parse_positive("health-interval", &flags.interval, duration)?;
+    let timeout = parse_positive("health-timeout", &flags.timeout, duration)?;
     let start_period = duration("health-start-period", &flags.start_period)?;
-    let deadline = duration("health-deadline", &flags.deadline)?;
+    let deadline = parse_positive("health-deadline", &flags.deadline, duration)?;
 
     let timing_given = interval.is_some()
         || timeout.is_some()
@@ -51,6 +51,21 @@ pub fn health_settings(flags: &HealthFlags) -> anyhow::Result<HealthSettings> {
         deadline,
         required_by: None,
     })
+}
+
+/// Parses a duration flag that must be more than zero. Docker reads a zero interval or
+/// timeout as "use the default", as an omitted flag does, so a zero on the command line is
+/// likely a mistake. A zero deadline would fail every start.
+fn parse_positive(
+    name: &str,
+    value: &Option<String>,
+    parse: impl Fn(&str, &Option<String>) -> anyhow::Result<Option<Duration>>,
+) -> anyhow::Result<Option<Duration>> {
+    let duration = parse(name, value)?;
+    if let (Some(text), Some(Duration::ZERO)) = (value, duration) {
+        bail!("invalid --{name} {text:?}: it must be more than zero; omit the flag to use the default");
+    }
+    Ok(duration)
 }
 
 /// Parses every --publish flag.

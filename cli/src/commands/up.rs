@@ -22,6 +22,7 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
     let flags = &args.container;
     let reference = Reference::parse(args.image())?;
     let platform = parse_platform(flags.platform.as_deref())?;
+    let health = container_flags::health_settings(&flags.health)?;
     let mut definition = container_flags::definition(flags, args.image())?;
     for expose in &args.expose {
         definition = definition.with(Change::ExposedPort(parse_expose(expose)?));
@@ -46,7 +47,14 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
             use_entrypoint: true,
             no_init: flags.no_init,
         })
-        .with_health(container_flags::health_settings(&flags.health)?);
+        .with_health(health);
+    if ports.is_empty() && service.ports().await?.is_empty() {
+        bail!(
+            "image {} exposes no port, so there is nothing to publish; give one with \
+             --expose PORT",
+            args.image()
+        );
+    }
     let hostname = service.hostname().await?;
     let name = short_name(&reference);
     eprintln!(

@@ -68,6 +68,31 @@ pub fn parse_duration(text: &str) -> Result<Duration, HealthCheckError> {
     Ok(Duration::from_nanos(total as u64))
 }
 
+/// A duration for messages, rounded to tenths of a second from one second up (`4s`,
+/// `4.5s`) and to whole milliseconds below (`250ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoundedDuration(pub Duration);
+
+impl std::fmt::Display for RoundedDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nanos = self.0.as_nanos();
+        if nanos == 0 {
+            return f.write_str("0s");
+        }
+        if nanos < 1_000_000 {
+            return write!(f, "{:?}", self.0);
+        }
+        if nanos < 999_500_000 {
+            return write!(f, "{}ms", (nanos + 500_000) / 1_000_000);
+        }
+        let tenths = (nanos + 50_000_000) / 100_000_000;
+        match tenths % 10 {
+            0 => write!(f, "{}s", tenths / 10),
+            fraction => write!(f, "{}.{fraction}s", tenths / 10),
+        }
+    }
+}
+
 /// Splits `text` after its leading ASCII digits.
 fn split_digits(text: &str) -> (&str, &str) {
     let end = text
@@ -143,6 +168,28 @@ mod tests {
                     reason
                 }),
                 "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn rounded_durations() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(20), "20µs"),
+            (Duration::from_micros(1_500), "2ms"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_nanos(999_499_999), "999ms"),
+            (Duration::from_nanos(999_500_000), "1s"),
+            (Duration::from_nanos(4_001_039_370), "4s"),
+            (Duration::from_millis(4_550), "4.6s"),
+            (Duration::from_secs(90), "90s"),
+        ];
+        for (duration, expected) in cases {
+            assert_eq!(
+                RoundedDuration(duration).to_string(),
+                expected,
+                "{duration:?}"
             );
         }
     }

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::{
-    HealthCheck, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_START_INTERVAL, DEFAULT_TIMEOUT,
+    HealthCheck, RoundedDuration, DEFAULT_INTERVAL, DEFAULT_RETRIES, DEFAULT_START_INTERVAL,
+    DEFAULT_TIMEOUT,
 };
 use crate::runtime::{ExecOutcome, ProcessHandle, RuntimeError};
 
@@ -12,8 +13,9 @@ use crate::runtime::{ExecOutcome, ProcessHandle, RuntimeError};
 pub enum CommandHealthError {
     /// `retries` counted checks in a row failed.
     #[error(
-        "health check `{command}` failed {failing_streak} times in a row, so the service is \
-         unhealthy; fix the service or the check. Last output: {}",
+        "health check `{command}` failed {} in a row; fix the service or the check. \
+         Last check output: {}",
+        count(*failing_streak, "time", "times"),
         show_output(last_output)
     )]
     Unhealthy {
@@ -23,8 +25,10 @@ pub enum CommandHealthError {
     },
     /// The caller's deadline passed before a check succeeded.
     #[error(
-        "health check `{command}` did not pass within {waited:?} ({checks} checks); raise the \
-         health deadline if the service starts slowly. Last output: {}",
+        "health check `{command}` did not pass within {} ({} run); raise the health deadline if \
+         the service starts slowly. Last check output: {}",
+        RoundedDuration(*waited),
+        count(*checks, "check", "checks"),
         last_output.as_deref().map_or("(no check finished)", show_output)
     )]
     DeadlineExceeded {
@@ -40,6 +44,14 @@ pub enum CommandHealthError {
         #[source]
         source: RuntimeError,
     },
+}
+
+/// Formats `number` with the singular or plural noun: "1 time", "3 times".
+fn count(number: u32, singular: &str, plural: &str) -> String {
+    match number {
+        1 => format!("1 {singular}"),
+        _ => format!("{number} {plural}"),
+    }
 }
 
 fn show_output(output: &str) -> &str {
@@ -103,7 +115,11 @@ pub async fn wait_until_healthy(
         }
         let output = match outcome.code {
             Some(_) => outcome.output,
-            None => format!("timed out after {timeout:?}; {}", outcome.output),
+            None => format!(
+                "timed out after {}; {}",
+                RoundedDuration(timeout),
+                outcome.output
+            ),
         };
         tracing::debug!(health_check = %command, code = ?outcome.code, "health check failed");
         if outcome.code.is_none() && timeout < timing.timeout {
@@ -178,6 +194,53 @@ mod tests {
         fn spawnable<T: Send + 'static>(_: T) {}
         spawnable(wait_until_healthy(handle, check, Instant::now()));
         spawnable(handle.exec(Vec::new(), Duration::ZERO));
+    }
+
+    #[test]
+    fn unhealthy_message_counts_failures() {
+        let error = CommandHealthError::Unhealthy {
+            command: "false".into(),
+            failing_streak: 1,
+            last_output: String::new(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "health check `false` failed 1 time in a row; fix the service or the check. \
+             Last check output: (none)"
+        );
+        let error = CommandHealthError::Unhealthy {
+            command: "false".into(),
+            failing_streak: 3,
+            last_output: "not ready\n".into(),
+        };
+        assert!(
+            error.to_string().contains("failed 3 times in a row"),
+            "{error}"
+        );
+        assert!(
+            error.to_string().ends_with("Last check output: not ready"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn deadline_message_rounds_duration() {
+        let error = CommandHealthError::DeadlineExceeded {
+            command: "false".into(),
+            waited: Duration::from_nanos(4_001_039_370),
+            checks: 4,
+            last_output: None,
+        };
+        let message = error.to_string();
+        assert!(message.contains("within 4s (4 checks run)"), "{message}");
+        let error = CommandHealthError::DeadlineExceeded {
+            command: "false".into(),
+            waited: Duration::from_millis(1_250),
+            checks: 1,
+            last_output: None,
+        };
+        let message = error.to_string();
+        assert!(message.contains("within 1.3s (1 check run)"), "{message}");
     }
 
     #[test]

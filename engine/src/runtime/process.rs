@@ -86,6 +86,19 @@ impl ProcessHandle {
         }
     }
 
+    /// Returns whether the container's PID 1 has exited, without waiting or reaping it. A
+    /// pidfd becomes readable when its process exits.
+    pub fn has_exited(&self) -> bool {
+        let mut fds = [nix::poll::PollFd::new(
+            self.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+            Ok(1..)
+        )
+    }
+
     /// Runs `args` inside the running container and waits for it, like `docker exec`. The
     /// small init forks the command with the container's namespaces, root file system,
     /// user, capabilities, no_new_privs, seccomp filter, environment and working directory.

@@ -16,7 +16,7 @@ use super::ports;
 use super::{HealthSettings, ServiceCommand};
 use crate::container::{exec, prepare, Container, ProcessRequest};
 use crate::definition::Change;
-use crate::health_check::{wait_until_healthy, HealthCheck, HealthTest};
+use crate::health_check::{wait_until_healthy, CommandHealthError, HealthCheck, HealthTest};
 use crate::network::ContainerLink;
 use crate::runtime::{self, ContainerProcess, ExitStatus, ProcessHandle, Stdio};
 use crate::session::Engine;
@@ -24,6 +24,10 @@ use mayfly_image::layers::LayerHold;
 
 /// How long a stopped service's output may take to reach its end.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// How long a service whose health command could not run may take to exit and be removed,
+/// beyond the output drain, before the failure counts as the check's own.
+const EXIT_SETTLE: Duration = Duration::from_secs(2);
 
 /// Starts `container` as the service `hostname` and returns once it is healthy.
 pub(super) async fn start(
@@ -264,28 +268,55 @@ async fn wait_healthy(
     // job that runs to completion does.
     tokio::select! {
         biased;
-        result = ports => result.map_err(|problem| match problem {
-            PortProblem::NotListening { port } => ServiceError::NotListening {
+        result = ports => match result {
+            Ok(()) => Ok(()),
+            Err(PortProblem::Command(source)) => {
+                Err(command_failure(instance, handle, source).await)
+            }
+            Err(PortProblem::NotListening { port }) => Err(ServiceError::NotListening {
                 service: service(),
                 port,
                 deadline: deadline_length,
                 output: OutputTail(instance.output.tail()),
-            },
-            PortProblem::LoopbackOnly { port } => ServiceError::LoopbackOnly {
+            }),
+            Err(PortProblem::LoopbackOnly { port }) => Err(ServiceError::LoopbackOnly {
                 service: service(),
                 port,
                 output: OutputTail(instance.output.tail()),
-            },
-            PortProblem::Command(source) => ServiceError::Unhealthy {
-                service: service(),
-                output: OutputTail(instance.output.tail()),
-                source: Box::new(source),
-            },
-        }),
+            }),
+        },
         status = instance.exited() => Err(ServiceError::ExitedDuringStart {
             service: service(),
             status,
             output: OutputTail(instance.output.tail()),
         }),
+    }
+}
+
+/// Reports a failed health command. A service that exited, or whose container went away
+/// under the command, is reported by its exit status and output, because the exit is the
+/// cause and the failed command only its symptom.
+async fn command_failure(
+    instance: &Arc<Instance>,
+    handle: &ProcessHandle,
+    source: CommandHealthError,
+) -> ServiceError {
+    let could_not_run = matches!(source, CommandHealthError::Runtime { .. });
+    if handle.has_exited() || could_not_run {
+        // The driver reports the status after it drained the output and removed the container.
+        let settle = OUTPUT_DRAIN_LIMIT + EXIT_SETTLE;
+        if let Ok(status) = tokio::time::timeout(settle, instance.exited()).await {
+            tracing::info!(service = %instance.name, %status, %source, "service exited while its health command ran");
+            return ServiceError::ExitedDuringStart {
+                service: instance.name.clone(),
+                status,
+                output: OutputTail(instance.output.tail()),
+            };
+        }
+    }
+    ServiceError::Unhealthy {
+        service: instance.name.clone(),
+        output: OutputTail(instance.output.tail()),
+        source: Box::new(source),
     }
 }

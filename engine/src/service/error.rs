@@ -18,6 +18,17 @@ impl std::fmt::Display for OutputTail {
     }
 }
 
+impl OutputTail {
+    /// Returns the tail as a sentence that names the service, such as "The service printed
+    /// nothing.", for messages whose previous sentence is about something else.
+    pub fn of_service(&self) -> String {
+        if self.0.trim().is_empty() {
+            return "The service printed nothing.".to_owned();
+        }
+        format!("The service's output ends with:\n{}", self.0)
+    }
+}
+
 /// Errors from starting, checking, binding or stopping a service.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -58,9 +69,10 @@ pub enum ServiceError {
         output: OutputTail,
     },
     #[error(
-        "service {service} did not accept connections on port {port} within {deadline:?}; \
+        "service {service} did not accept connections on port {port} within {}; \
          check that it listens on that port, or raise the deadline (--health-deadline); \
-         {output}"
+         {output}",
+        crate::health_check::RoundedDuration(*deadline)
     )]
     NotListening {
         service: String,
@@ -87,7 +99,7 @@ pub enum ServiceError {
         port: u16,
         output: OutputTail,
     },
-    #[error("service {service} is unhealthy; {output}")]
+    #[error("service {service} is unhealthy: {source}. {}", output.of_service())]
     Unhealthy {
         service: String,
         output: OutputTail,
@@ -143,7 +155,10 @@ pub enum ServiceError {
         port: u16,
         ports: String,
     },
-    #[error("service {service} exposes no port; give one with with_exposed_port (or --expose)")]
+    #[error(
+        "service {service} exposes no port; give one with Container::with_exposed_port, or \
+         pass the ports to publish"
+    )]
     NoPorts { service: String },
     /// The same failure, reported to each client that waited on one start.
     #[error(transparent)]

@@ -84,6 +84,13 @@ impl std::str::FromStr for HostServiceSpec {
                 }
                 _ => host = Some(name.to_owned()),
             }
+            let same_port =
+                |forward: &PortForward| (forward.backend, forward.protocol) == (port, protocol);
+            if ports.iter().any(same_port) {
+                return Err(invalid(format!(
+                    "port {port}/{protocol} is given twice; list each port once"
+                )));
+            }
             ports.push(PortForward {
                 frontend: None,
                 backend: port,
@@ -304,6 +311,21 @@ mod tests {
             let alias_error = error.contains("invalid service alias");
             assert!(error.contains(bad) || alias_error, "{error}");
         }
+    }
+
+    #[test]
+    fn host_service_duplicate_port_rejected() {
+        let value = "web=tcp://localhost:9090,tcp://localhost:9090";
+        let error = value.parse::<HostServiceSpec>().unwrap_err().to_string();
+        assert!(error.contains(value), "the error names the value: {error}");
+        assert!(
+            error.contains("port 9090/tcp is given twice"),
+            "the error names the port: {error}"
+        );
+
+        // The same number on TCP and UDP is two ports.
+        let spec: HostServiceSpec = "dns=tcp://localhost:53,udp://localhost:53".parse().unwrap();
+        assert_eq!(spec.ports.len(), 2);
     }
 
     #[test]

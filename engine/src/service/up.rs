@@ -59,6 +59,12 @@ impl Service {
     /// Starts the service, waits until it is healthy and publishes `ports` on the host. With
     /// no ports, every exposed port is published on 127.0.0.1 under the same number.
     pub async fn up(&self, ports: Vec<UpPort>) -> Result<PublishedService, ServiceError> {
+        // Without ports to publish, fail before the container starts.
+        if ports.is_empty() && self.ports().await?.is_empty() {
+            return Err(ServiceError::NoPorts {
+                service: self.name(),
+            });
+        }
         let reference = self.acquire().await?;
         let instance = reference.instance();
         let ports = match ports.is_empty() {

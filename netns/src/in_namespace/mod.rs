@@ -71,12 +71,29 @@ pub enum NetnsError {
         source: io::Error,
     },
 
+    /// `ns` is `None` for the process's own network namespace, which messages do not name.
     #[error(
-        "failed to bind {addr} in network namespace {ns}: {source}; choose another address or port"
+        "failed to bind {addr}{}: {source}; choose another address or port",
+        namespace_suffix(ns)
     )]
     Bind {
         addr: SocketAddr,
-        ns: NsId,
+        ns: Option<NsId>,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "failed to bind {addr}{}: {source}; ports below {unprivileged_start} need privileges \
+         (net.ipv4.ip_unprivileged_port_start), so choose a port of {unprivileged_start} or \
+         more, or as root allow this one with `sysctl net.ipv4.ip_unprivileged_port_start={}`",
+        namespace_suffix(ns),
+        addr.port()
+    )]
+    PrivilegedPort {
+        addr: SocketAddr,
+        ns: Option<NsId>,
+        unprivileged_start: u16,
         #[source]
         source: io::Error,
     },
@@ -88,4 +105,42 @@ pub enum NetnsError {
         #[source]
         source: io::Error,
     },
+}
+
+impl NetnsError {
+    /// Builds the error for a failed bind(2) of `addr` in the namespace `ns`. Call it on a
+    /// thread inside `ns`, because the sysctl it reads for EACCES is per namespace.
+    pub(crate) fn bind(addr: SocketAddr, ns: NsId, source: io::Error) -> Self {
+        // The process's own namespace is the user's host namespace, so its inode is left out.
+        let own = NsId::of_process().ok();
+        let ns = (own != Some(ns)).then_some(ns);
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            if let Some(unprivileged_start) = unprivileged_port_start() {
+                if addr.port() < unprivileged_start {
+                    return Self::PrivilegedPort {
+                        addr,
+                        ns,
+                        unprivileged_start,
+                        source,
+                    };
+                }
+            }
+        }
+        Self::Bind { addr, ns, source }
+    }
+}
+
+/// Returns the lowest port that a process without CAP_NET_BIND_SERVICE may bind in the
+/// calling thread's network namespace, `None` when the sysctl cannot be read.
+fn unprivileged_port_start() -> Option<u16> {
+    let path = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Returns " in network namespace net:[N]" for a namespace that messages name, else "".
+fn namespace_suffix(ns: &Option<NsId>) -> String {
+    match ns {
+        Some(ns) => format!(" in network namespace {ns}"),
+        None => String::new(),
+    }
 }

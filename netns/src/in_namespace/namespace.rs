@@ -27,7 +27,15 @@ impl NsId {
 
     /// Returns the network namespace of the calling thread.
     pub fn of_current_thread() -> Result<Self, NetnsError> {
-        let path = "/proc/thread-self/ns/net";
+        Self::of_path("/proc/thread-self/ns/net")
+    }
+
+    /// Returns the network namespace of the process's main thread.
+    pub fn of_process() -> Result<Self, NetnsError> {
+        Self::of_path("/proc/self/ns/net")
+    }
+
+    fn of_path(path: &str) -> Result<Self, NetnsError> {
         let st = stat(path).map_err(|errno| NetnsError::Open {
             path: path.to_owned(),
             source: errno.into(),

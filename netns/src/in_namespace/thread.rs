@@ -107,23 +107,26 @@ impl NetnsThread {
     /// in blocking mode, like one from [`TcpListener::bind`].
     pub fn tcp_listen(&self, addr: SocketAddr) -> Result<TcpListener, NetnsError> {
         let ns = self.id;
-        self.run(move || TcpListener::bind(addr))?
-            .map_err(|source| NetnsError::Bind { addr, ns, source })
+        self.run(move || {
+            TcpListener::bind(addr).map_err(|source| NetnsError::bind(addr, ns, source))
+        })?
     }
 
     /// Binds a UDP socket on `addr` inside the namespace, in blocking mode.
     pub fn udp_bind(&self, addr: SocketAddr) -> Result<UdpSocket, NetnsError> {
         let ns = self.id;
-        self.run(move || UdpSocket::bind(addr))?
-            .map_err(|source| NetnsError::Bind { addr, ns, source })
+        self.run(move || {
+            UdpSocket::bind(addr).map_err(|source| NetnsError::bind(addr, ns, source))
+        })?
     }
 
     /// Like [`NetnsThread::udp_bind`], without blocking the caller's thread.
     pub async fn udp_bind_async(&self, addr: SocketAddr) -> Result<UdpSocket, NetnsError> {
         let ns = self.id;
-        self.run_async(move || UdpSocket::bind(addr))
-            .await?
-            .map_err(|source| NetnsError::Bind { addr, ns, source })
+        self.run_async(move || {
+            UdpSocket::bind(addr).map_err(|source| NetnsError::bind(addr, ns, source))
+        })
+        .await?
     }
 
     /// Connects to `addr` from inside the namespace. The socket comes from

@@ -101,7 +101,7 @@ fn bind_listener(listen: &NetnsThread, addr: SocketAddr) -> Result<StdTcpListene
             addr,
             holder: port_holder::find(Protocol::Tcp, addr.port()),
         }),
-        Err(source) => Err(NetnsError::Bind { addr, ns, source }.into()),
+        Err(source) => Err(NetnsError::bind(addr, ns, source).into()),
     })?
 }
 

@@ -103,7 +103,7 @@ fn bind_socket(listen: &NetnsThread, addr: SocketAddr) -> Result<StdUdpSocket, T
             addr,
             holder: port_holder::find(Protocol::Udp, addr.port()),
         }),
-        Err(source) => Err(NetnsError::Bind { addr, ns, source }.into()),
+        Err(source) => Err(NetnsError::bind(addr, ns, source).into()),
     })?
 }
 
