@@ -179,7 +179,10 @@ fn parse_volume(volume: &str) -> anyhow::Result<Change> {
     }
     let host_path = PathBuf::from(host);
     if !host_path.is_absolute() {
-        bail!("invalid --volume {volume:?}: the host path {host:?} must be absolute");
+        bail!(
+            "invalid --volume {volume:?}: the host path {host:?} must be absolute; named \
+             volumes are not supported, so give a host directory such as $PWD/{host}"
+        );
     }
     std::fs::metadata(&host_path).with_context(|| {
         format!("invalid --volume {volume:?}: the host path {host} cannot be read; create it or fix the path")

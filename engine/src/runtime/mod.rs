@@ -147,19 +147,20 @@ pub enum RuntimeError {
     #[error("container {id}: the command to run inside the container is empty")]
     ExecEmpty { id: String },
     /// The init could not start the command.
-    #[error("container {id}: failed to run `{command}` inside the container: {message}")]
+    #[error("container {}: failed to run `{command}` inside the container: {message}", short_id(.id))]
     ExecFailed {
         id: String,
         command: String,
         message: String,
     },
     /// The container exited before the command inside it finished.
-    #[error("container {id} exited before `{command}` inside it finished")]
+    #[error("container {} exited before `{command}` inside it finished", short_id(.id))]
     ExecContainerExited { id: String, command: String },
     /// The init did not report the end of the command in time.
     #[error(
-        "container {id}: the init did not report the end of `{command}` within {waited:?}, \
-         so the container accepts no more commands; stop and restart it"
+        "container {}: the init did not report the end of `{command}` within {waited:?}, \
+         so the container accepts no more commands; stop and restart it",
+        short_id(.id)
     )]
     ExecNoReply {
         id: String,
@@ -176,4 +177,10 @@ pub enum RuntimeError {
         #[source]
         source: io::Error,
     },
+}
+
+/// The first 12 characters of a container ID, as Docker shows them: enough to tell
+/// containers apart in a message, short enough to read.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
