@@ -23,6 +23,9 @@ use super::pull::parse_platform;
 use super::run::{run_plan, RunPlan, Signals};
 use crate::args::{ComposeArgs, ComposeCommand, ComposeRunArgs, ComposeUpArgs, NetworkMode};
 
+/// How long `compose up` waits for more of the services' last lines after they stopped.
+const LAST_LINES_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub async fn compose(engine: &Arc<Engine>, args: ComposeArgs) -> anyhow::Result<ExitCode> {
     let services = load(engine, args.file.as_deref())?;
     match args.command {
@@ -212,13 +215,15 @@ async fn compose_up(
         }
     }
     drop(exits);
-
-    // Output the last lines that arrived before the exits.
-    while let Ok(line) = lines.try_recv() {
-        println!("{line}");
-    }
+    drop(sender);
     drop(running);
     engine.stop_services().await;
+
+    // The stop waits until each service's output is read to its end, and the forwarding
+    // tasks pass on the last lines within moments; they end when the outputs close.
+    while let Ok(Some(line)) = tokio::time::timeout(LAST_LINES_WAIT, lines.recv()).await {
+        println!("{line}");
+    }
     Ok(match failed {
         // The status of the first service that failed, as a shell reports it.
         Some(status) => ExitCode::from(u8::try_from(status.code()).unwrap_or(1).max(1)),

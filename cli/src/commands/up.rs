@@ -9,7 +9,7 @@ use mayfly_engine::definition::{Change, ExposedPort, Protocol};
 use mayfly_engine::service::{fully_qualified, OutputLine, ServiceCommand, UpPort};
 use mayfly_engine::{Container, Engine};
 use mayfly_image::reference::Reference;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::container_flags;
 use super::pull::parse_platform;
@@ -100,12 +100,13 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
     for line in history {
         println!("{name} | {line}");
     }
+    let mut output_open = true;
     let outcome = loop {
         tokio::select! {
-            line = lines.recv() => match line {
+            line = lines.recv(), if output_open => match line {
                 Ok(OutputLine { text, .. }) => println!("{name} | {text}"),
                 Err(RecvError::Lagged(missed)) => eprintln!("mayfly: {missed} lines of {name}'s output were skipped"),
-                Err(RecvError::Closed) => {}
+                Err(RecvError::Closed) => output_open = false,
             },
             status = published.exited() => break Err(status),
             signal = signals.stop_requested() => {
@@ -116,6 +117,18 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
     };
     drop(published);
     engine.stop_services().await;
+
+    // The stop waits until the service's output is read to its end, so its last lines, such
+    // as a request logged just before Ctrl-C, are in the broadcast now.
+    loop {
+        match lines.try_recv() {
+            Ok(OutputLine { text, .. }) => println!("{name} | {text}"),
+            Err(TryRecvError::Lagged(missed)) => {
+                eprintln!("mayfly: {missed} lines of {name}'s output were skipped")
+            }
+            Err(_) => break,
+        }
+    }
     match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(status) => bail!("service {name} ({hostname}) exited with {status}"),
