@@ -147,11 +147,27 @@ impl Config {
         let subnet = env("MAYFLY_SUBNET")
             .or(file.subnet)
             .unwrap_or_else(|| "10.89.0.0/24".to_owned());
+        let deadline_variable = env("MAYFLY_HEALTH_DEADLINE");
+        let (deadline_key, deadline_text) = match &deadline_variable {
+            Some(text) => ("MAYFLY_HEALTH_DEADLINE".to_owned(), text.clone()),
+            None => (
+                "health-deadline in the configuration file".to_owned(),
+                file.health_deadline.clone().unwrap_or_default(),
+            ),
+        };
         let health_deadline = duration_setting(
-            ("MAYFLY_HEALTH_DEADLINE", env("MAYFLY_HEALTH_DEADLINE")),
+            ("MAYFLY_HEALTH_DEADLINE", deadline_variable),
             ("health-deadline", file.health_deadline),
             Duration::from_secs(60),
         )?;
+        // A zero deadline would fail every service before it could start.
+        if health_deadline.is_zero() {
+            return Err(ConfigError::InvalidValue {
+                key: deadline_key,
+                value: deadline_text,
+                reason: "it must be more than zero".to_owned(),
+            });
+        }
         let grace_period = duration_setting(
             ("MAYFLY_GRACE_PERIOD", env("MAYFLY_GRACE_PERIOD")),
             ("grace-period", file.grace_period),
@@ -321,6 +337,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("soon"), "{error}");
+
+        let error = resolve_with(
+            "",
+            &[("MAYFLY_DATA_DIR", "/d"), ("MAYFLY_HEALTH_DEADLINE", "0s")],
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.contains("MAYFLY_HEALTH_DEADLINE") && message.contains("\"0s\""),
+            "{message}"
+        );
+        assert!(message.contains("more than zero"), "{message}");
+        let error =
+            resolve_with("health-deadline = \"0ms\"", &[("MAYFLY_DATA_DIR", "/d")]).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("health-deadline in the configuration file"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1163,6 +1163,28 @@ fn compose_run_accepts_rm_and_env() {
 ";
     let file = write_project(&home, yaml);
     let file = file.to_str().unwrap();
+
+    for command in ["run", "up"] {
+        let output = run(
+            &home,
+            &[
+                "compose",
+                "-f",
+                file,
+                command,
+                "--health-deadline",
+                "0s",
+                "client",
+            ],
+        );
+        assert_eq!(output.status.code(), Some(125), "compose {command}");
+        let stderr = stderr_of(&output);
+        assert!(
+            stderr.contains("--health-deadline \"0s\"") && stderr.contains("more than zero"),
+            "compose {command} rejects a zero deadline: {stderr}"
+        );
+    }
+
     let script = "echo \"$FROM_FILE $EXTRA $COPIED $UNSET-\"";
 
     let output = mayfly(&home)

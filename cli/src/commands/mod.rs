@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use mayfly_engine::bootstrap::{self, BootstrapOptions};
 use mayfly_engine::config::{self, Config};
 use mayfly_engine::health_check::parse_duration;
@@ -75,11 +75,15 @@ fn health_deadline(command: &Command) -> anyhow::Result<Option<Duration>> {
         },
         _ => return Ok(None),
     };
-    flag.as_deref()
-        .map(|text| {
-            parse_duration(text).with_context(|| format!("invalid --health-deadline {text:?}"))
-        })
-        .transpose()
+    let Some(text) = flag.as_deref() else {
+        return Ok(None);
+    };
+    let deadline =
+        parse_duration(text).with_context(|| format!("invalid --health-deadline {text:?}"))?;
+    if deadline.is_zero() {
+        bail!("invalid --health-deadline {text:?}: it must be more than zero; omit the flag to use the default");
+    }
+    Ok(Some(deadline))
 }
 
 fn bootstrap_options(config: &Config) -> BootstrapOptions {
