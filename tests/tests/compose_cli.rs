@@ -287,6 +287,11 @@ fn compose_run_job_completes_first() {
         "client-ran\nmigrated\n",
         "the client ran after the job had written its file"
     );
+    let stderr = stderr_of(&output);
+    assert!(
+        stderr.contains("running migrate to completion first"),
+        "the job is announced before it runs: {stderr}"
+    );
 }
 
 #[test]

@@ -64,8 +64,21 @@ pub(super) async fn bindings(
         bindings.push(ServiceBinding::new(alias, services.service(name)?)?);
         names.push(name);
     }
+    announce_jobs(&services, &names)?;
     services.run_jobs(&names).await?;
     Ok(bindings)
+}
+
+/// Says which jobs run first, so that a long one does not look like a hang.
+fn announce_jobs(services: &ComposeServices, roots: &[&str]) -> anyhow::Result<()> {
+    let jobs = services.jobs(roots)?;
+    if !jobs.is_empty() {
+        eprintln!(
+            "mayfly: running {} to completion first (service_completed_successfully)",
+            jobs.join(", ")
+        );
+    }
+    Ok(())
 }
 
 async fn compose_run(
@@ -75,6 +88,7 @@ async fn compose_run(
 ) -> anyhow::Result<ExitCode> {
     let name = args.service.as_str();
     let compose = services.project().service(name)?.clone();
+    announce_jobs(&services, &[name])?;
     services.run_jobs(&[name]).await?;
     let container = services.container(name)?;
     let mut definition = container.definition().clone();
@@ -237,6 +251,7 @@ async fn start_all(
     services: &ComposeServices,
     roots: &[&str],
 ) -> anyhow::Result<Vec<(String, Running)>> {
+    announce_jobs(services, roots)?;
     let completed = services.run_jobs(roots).await?;
     let project = services.project();
     let jobs: Vec<&str> = project

@@ -96,28 +96,34 @@ impl ComposeServices {
             .map(|(dependent, _)| format!("service {dependent}"))
     }
 
-    /// Runs, in dependency order, every service that `roots` (or a service they depend on)
-    /// needs completed successfully, and fails on the first one that exits with another
-    /// status. Returns each job's name and its finished instance, which keeps its output.
-    pub async fn run_jobs(
-        &self,
-        roots: &[&str],
-    ) -> Result<Vec<(String, Arc<Instance>)>, ServiceError> {
+    /// Returns, in the order they run, the services that `roots` (or a service they depend
+    /// on) need completed successfully.
+    pub fn jobs(&self, roots: &[&str]) -> Result<Vec<String>, ServiceError> {
         let order = self.project.dependency_order(roots)?;
-        let mut jobs: Vec<&str> = Vec::new();
+        let mut jobs: Vec<String> = Vec::new();
         for name in &order {
             for dependency in &self.project.service(name)?.depends_on {
                 let is_job = dependency.condition == DependencyCondition::CompletedSuccessfully;
-                if is_job && !jobs.contains(&dependency.service.as_str()) {
-                    jobs.push(&dependency.service);
+                if is_job && !jobs.contains(&dependency.service) {
+                    jobs.push(dependency.service.clone());
                 }
             }
         }
         // Jobs run in the order of the whole graph, so a job's own jobs come first.
         jobs.sort_by_key(|job| order.iter().position(|name| name == job));
+        Ok(jobs)
+    }
 
+    /// Runs the [`ComposeServices::jobs`] of `roots` one after another, and fails on the
+    /// first one that exits with a status other than 0. Returns each job's name and its
+    /// finished instance, which keeps its output.
+    pub async fn run_jobs(
+        &self,
+        roots: &[&str],
+    ) -> Result<Vec<(String, Arc<Instance>)>, ServiceError> {
+        let jobs = self.jobs(roots)?;
         let mut completed = Vec::new();
-        for job in jobs {
+        for job in &jobs {
             tracing::info!(service = %job, "running a compose job to completion");
             let service = self.service(job)?;
             let reference = service.acquire().await?;
@@ -131,7 +137,7 @@ impl ComposeServices {
                 });
             }
             tracing::info!(service = %job, "compose job completed");
-            completed.push((job.to_owned(), instance));
+            completed.push((job.clone(), instance));
         }
         Ok(completed)
     }
