@@ -706,7 +706,7 @@ fn up_never_listening_hits_deadline() {
     let output = Mayfly::output(
         &home,
         &[
-            ("MAYFLY_HEALTH_DEADLINE", "2s"),
+            ("MAYFLY_HEALTH_DEADLINE", "4s"),
             ("MAYFLY_STOP_TIMEOUT", "1s"),
         ],
         &["up", "--expose", "8080", "busybox:latest", "sleep", "1000"],
@@ -715,17 +715,21 @@ fn up_never_listening_hits_deadline() {
     let elapsed = started.elapsed();
     assert_eq!(output.status.code(), Some(125));
     assert!(
-        elapsed >= Duration::from_secs(2),
+        elapsed >= Duration::from_secs(4),
         "mayfly waited the whole deadline: {elapsed:?}"
     );
     assert!(
-        elapsed < Duration::from_secs(10),
+        elapsed < Duration::from_secs(12),
         "mayfly stopped soon after the deadline: {elapsed:?}"
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("did not accept connections on port 8080 within 2s"),
+        stderr.contains("did not accept connections on port 8080 within 4s"),
         "the error names the port and the deadline: {stderr}"
+    );
+    assert!(
+        stderr.contains("waiting for busybox:latest to become healthy (up to 4s in all)"),
+        "a long wait is announced, so it does not look like a hang: {stderr}"
     );
 }
 
@@ -767,6 +771,10 @@ fn up_deadline_hint_flag_works() {
     assert!(
         stderr.contains("--health-deadline"),
         "the error names the flag that raises the deadline: {stderr}"
+    );
+    assert!(
+        !stderr.contains("waiting for"),
+        "a wait shorter than the notice's delay is not announced: {stderr}"
     );
 }
 

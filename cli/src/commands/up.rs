@@ -41,6 +41,7 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
         .images()
         .ensure(&reference, platform, &PullProgress::new(false))
         .await?;
+    let deadline = health.deadline.unwrap_or(engine.config().health_deadline);
     let service = container
         .as_service(ServiceCommand {
             args: args.command().to_vec(),
@@ -63,12 +64,27 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
         fully_qualified(&hostname)
     );
 
-    let published = tokio::select! {
-        result = service.up(ports) => result,
-        signal = signals.stop_requested() => {
-            eprintln!("mayfly: {signal} received; stopping");
-            engine.stop_services().await;
-            return Ok(ExitCode::SUCCESS);
+    let starting = service.up(ports);
+    tokio::pin!(starting);
+    let notice = tokio::time::sleep(WAITING_NOTICE_AFTER);
+    tokio::pin!(notice);
+    let mut noticed = false;
+    let published = loop {
+        tokio::select! {
+            result = &mut starting => break result,
+            () = &mut notice, if !noticed => {
+                noticed = true;
+                eprintln!(
+                    "mayfly: waiting for {} to become healthy (up to {}s in all)",
+                    args.image(),
+                    deadline.as_secs()
+                );
+            }
+            signal = signals.stop_requested() => {
+                eprintln!("mayfly: {signal} received; stopping");
+                engine.stop_services().await;
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     };
     let published = match published {
@@ -134,6 +150,9 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
         Err(status) => bail!("service {name} ({hostname}) exited with {status}"),
     }
 }
+
+/// How long `up` waits for a service before it says that it is still waiting.
+const WAITING_NOTICE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Parses `PORT[/tcp|/udp]`.
 fn parse_expose(text: &str) -> anyhow::Result<ExposedPort> {
