@@ -1025,6 +1025,11 @@ fn compose_up_named_job_runs_once() {
         !stdout.contains("client |"),
         "up migrate web starts no client: {stdout}"
     );
+    let job_lines = stdout
+        .lines()
+        .filter(|line| *line == "migrate | migrated")
+        .count();
+    assert_eq!(job_lines, 1, "the job's output is printed once: {stdout}");
 }
 
 #[test]

@@ -12,8 +12,8 @@ use mayfly_engine::compose::{find_default_file, ComposePort, ComposeProject};
 use mayfly_engine::definition::Change;
 use mayfly_engine::network::PortMapping;
 use mayfly_engine::service::{
-    ComposeServices, HealthSettings, Instance, OutputLine, PublishedService, ServiceBinding,
-    ServiceRef, UpPort,
+    ComposeServices, HealthSettings, Instance, OutputLine, OutputTail, PublishedService,
+    ServiceBinding, ServiceError, ServiceRef, UpPort,
 };
 use mayfly_engine::Engine;
 use mayfly_image::reference::Reference;
@@ -181,8 +181,11 @@ async fn compose_up(
     let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     for (name, service) in &running {
         let (history, mut receiver) = service.instance().output.history_and_subscribe();
-        for line in history {
-            println!("{name} | {line}");
+        // A job's output was printed while it ran.
+        if !matches!(service, Running::Completed(_)) {
+            for line in history {
+                println!("{name} | {line}");
+            }
         }
         let sender = sender.clone();
         let name = name.clone();
@@ -245,14 +248,55 @@ async fn compose_up(
     })
 }
 
+/// Runs the Compose job `name` to completion while its output streams, prefixed with its
+/// name, and fails unless it exits with status 0.
+async fn run_job(services: &ComposeServices, name: &str) -> anyhow::Result<Arc<Instance>> {
+    let reference = services.service(name)?.acquire().await?;
+    let instance = reference.instance().clone();
+    let (history, mut lines) = instance.output.history_and_subscribe();
+    for line in history {
+        println!("{name} | {line}");
+    }
+    let mut output_open = true;
+    let status = loop {
+        tokio::select! {
+            line = lines.recv(), if output_open => match line {
+                Ok(OutputLine { text, .. }) => println!("{name} | {text}"),
+                Err(RecvError::Lagged(missed)) => {
+                    eprintln!("mayfly: {missed} lines of {name}'s output were skipped")
+                }
+                Err(RecvError::Closed) => output_open = false,
+            },
+            status = instance.exited() => break status,
+        }
+    };
+    // The exit waits until the output is read to its end, so the last lines are here now.
+    while let Ok(OutputLine { text, .. }) = lines.try_recv() {
+        println!("{name} | {text}");
+    }
+    if !status.success() {
+        return Err(ServiceError::JobFailed {
+            service: name.to_owned(),
+            status,
+            output: OutputTail(instance.output.tail()),
+        }
+        .into());
+    }
+    Ok(instance)
+}
+
 /// Runs the jobs, then starts each root (every service that is not a job, by default) in
 /// dependency order and publishes its ports.
 async fn start_all(
     services: &ComposeServices,
     roots: &[&str],
 ) -> anyhow::Result<Vec<(String, Running)>> {
-    announce_jobs(services, roots)?;
-    let completed = services.run_jobs(roots).await?;
+    let mut completed = Vec::new();
+    for job in services.jobs(roots)? {
+        eprintln!("mayfly: running {job} to completion first (service_completed_successfully)");
+        let instance = run_job(services, &job).await?;
+        completed.push((job, instance));
+    }
     let project = services.project();
     let jobs: Vec<&str> = project
         .services
