@@ -983,7 +983,7 @@ services:
             "services.web.labels is ignored by mayfly",
             "services.web.deploy is ignored by mayfly",
             "services.web.hostname is ignored by mayfly",
-            "services.web.imgae is not a Compose key and is ignored; check its spelling",
+            "services.web.imgae is not a Compose key and is ignored; did you mean image?",
             "services.web.healthcheck.timeout_seconds is not a Compose key and is ignored; \
              check its spelling",
             "services.web.depends_on.db.wait is not a Compose key and is ignored; check its \
@@ -1043,6 +1043,11 @@ fn structural_errors() {
         error(""),
         "/srv/shop/compose.yaml has no services; add a `services:` mapping with at least one \
          service"
+    );
+    assert_eq!(
+        error("servics:\n  web:\n    image: busybox\n"),
+        "/srv/shop/compose.yaml has no services (is `servics` a misspelling of `services`?); \
+         add a `services:` mapping with at least one service"
     );
     assert_eq!(
         error("version: '3'\nservices: {}\n"),

@@ -69,7 +69,7 @@ pub(super) async fn bindings(
     Ok(bindings)
 }
 
-/// Says which jobs run first, so that a long one does not look like a hang.
+/// Prints which jobs run first, so that a long one does not look like a hang.
 fn announce_jobs(services: &ComposeServices, roots: &[&str]) -> anyhow::Result<()> {
     let jobs = services.jobs(roots)?;
     if !jobs.is_empty() {

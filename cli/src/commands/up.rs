@@ -151,7 +151,7 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
     }
 }
 
-/// How long `up` waits for a service before it says that it is still waiting.
+/// How long `up` waits for a service before it prints that it is still waiting.
 const WAITING_NOTICE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Parses `PORT[/tcp|/udp]`.

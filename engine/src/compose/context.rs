@@ -47,7 +47,8 @@ impl Context<'_> {
         if known.contains(&name) {
             self.warn(ComposeWarning::Ignored { key, reason: None });
         } else {
-            self.warn(ComposeWarning::UnknownKey { key });
+            let suggestion = nearest_key(name, known).map(str::to_owned);
+            self.warn(ComposeWarning::UnknownKey { key, suggestion });
         }
     }
 
@@ -189,4 +190,15 @@ impl Context<'_> {
             }),
         }
     }
+}
+
+/// Returns the key of `known` nearest to `name` when at most two edits apart, the distance
+/// of most misspellings (`imgae`, `servics`, `portss`).
+fn nearest_key<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|key| (strsim::levenshtein(name, key), *key))
+        .filter(|(distance, _)| *distance <= 2)
+        .min()
+        .map(|(_, key)| key)
 }

@@ -52,10 +52,15 @@ pub enum ComposeError {
     MultipleDocuments { file: PathBuf, count: usize },
 
     #[error(
-        "{} has no services; add a `services:` mapping with at least one service",
-        file.display()
+        "{} has no services{}; add a `services:` mapping with at least one service",
+        file.display(),
+        misspelt.as_ref().map(|key| format!(" (is `{key}` a misspelling of `services`?)")).unwrap_or_default()
     )]
-    NoServices { file: PathBuf },
+    NoServices {
+        file: PathBuf,
+        /// A top-level key close to `services`.
+        misspelt: Option<String>,
+    },
 
     #[error("{at}: expected {expected}, found {found}")]
     WrongType {

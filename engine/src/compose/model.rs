@@ -126,8 +126,12 @@ pub enum ComposeWarning {
         key: String,
         reason: Option<&'static str>,
     },
-    /// A key that the Compose Specification does not define, often a misspelling.
-    UnknownKey { key: String },
+    /// A key that the Compose Specification does not define, often a misspelling, with the
+    /// defined key nearest to it when one is close.
+    UnknownKey {
+        key: String,
+        suggestion: Option<String>,
+    },
     /// A variable without a default that is not set: Compose substitutes an empty string.
     UnsetVariable { key: String, variable: String },
 }
@@ -142,7 +146,17 @@ impl fmt::Display for ComposeWarning {
                 key,
                 reason: Some(reason),
             } => write!(f, "{key} is ignored by mayfly: {reason}"),
-            ComposeWarning::UnknownKey { key } => write!(
+            ComposeWarning::UnknownKey {
+                key,
+                suggestion: Some(suggestion),
+            } => write!(
+                f,
+                "{key} is not a Compose key and is ignored; did you mean {suggestion}?"
+            ),
+            ComposeWarning::UnknownKey {
+                key,
+                suggestion: None,
+            } => write!(
                 f,
                 "{key} is not a Compose key and is ignored; check its spelling"
             ),

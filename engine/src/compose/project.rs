@@ -24,10 +24,10 @@ pub(super) fn parse(
     dir: &Path,
     env: &HashMap<String, String>,
 ) -> Result<ComposeProject, ComposeError> {
-    let no_services = || ComposeError::NoServices {
+    let root = yaml::load(source, file)?.ok_or_else(|| ComposeError::NoServices {
         file: file.to_owned(),
-    };
-    let root = yaml::load(source, file)?.ok_or_else(no_services)?;
+        misspelt: None,
+    })?;
 
     // Compose reads `.env` next to the file for interpolation, and the environment wins.
     let dotenv_path = dir.join(DOTENV);
@@ -82,6 +82,16 @@ pub(super) fn parse(
         None => BTreeMap::new(),
     };
 
+    let no_services = || ComposeError::NoServices {
+        file: file.to_owned(),
+        misspelt: context.warnings.iter().find_map(|warning| match warning {
+            ComposeWarning::UnknownKey {
+                key,
+                suggestion: Some(suggestion),
+            } if suggestion == "services" => Some(key.clone()),
+            _ => None,
+        }),
+    };
     let services_node = services_node.ok_or_else(no_services)?;
     let entries = context.mapping(services_node, "services")?;
     let names: Vec<String> = entries
