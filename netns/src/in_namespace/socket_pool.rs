@@ -89,17 +89,23 @@ impl SocketPool {
         POOL_SIZE.saturating_sub(self.shelf(family).ready.len())
     }
 
-    /// Ends a refill: adds `sockets` (created in the pool's namespace) up
-    /// to [`POOL_SIZE`] and lets the next take queue another refill.
-    pub(super) fn refilled(&self, family: Family, sockets: Vec<TcpSocket>) {
+    /// Adds `sockets` (created in the pool's namespace) up to [`POOL_SIZE`]
+    /// and returns whether the refill must go on: takes while it ran left the
+    /// shelf short again, and this round created sockets, so another round can
+    /// too. Otherwise the refill ends and the next take may queue another.
+    #[must_use]
+    pub(super) fn refilled(&self, family: Family, sockets: Vec<TcpSocket>) -> bool {
         let mut shelf = self.shelf(family);
+        let created = !sockets.is_empty();
         for socket in sockets {
             if shelf.ready.len() >= POOL_SIZE {
                 break;
             }
             shelf.ready.push(socket);
         }
-        shelf.refilling = false;
+        let again = created && shelf.ready.len() < POOL_SIZE;
+        shelf.refilling = again;
+        again
     }
 
     #[cfg(test)]
@@ -123,4 +129,46 @@ pub(super) fn create_sockets(family: Family, count: usize) -> Vec<TcpSocket> {
         }
     }
     sockets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refill_continues_after_takes_during_it() {
+        let pool = SocketPool::default();
+        assert!(!pool.refilled(Family::V4, create_sockets(Family::V4, POOL_SIZE)));
+
+        let first = pool.take(Family::V4);
+        assert!(
+            first.refill,
+            "the first take below the size queues a refill"
+        );
+        let missing = pool.missing(Family::V4);
+        let second = pool.take(Family::V4);
+        assert!(!second.refill, "a refill is already pending");
+
+        // The refill made the one socket missing when it started, but two were taken.
+        let again = pool.refilled(Family::V4, create_sockets(Family::V4, missing));
+        assert!(again, "the refill goes on while the pool is short");
+        let missing = pool.missing(Family::V4);
+        let again = pool.refilled(Family::V4, create_sockets(Family::V4, missing));
+        assert!(!again);
+        assert_eq!(pool.ready(Family::V4), POOL_SIZE);
+
+        let third = pool.take(Family::V4);
+        assert!(
+            third.refill,
+            "a finished refill lets the next take queue one"
+        );
+    }
+
+    #[test]
+    fn refill_that_creates_nothing_ends() {
+        let pool = SocketPool::default();
+        let _ = pool.take(Family::V4);
+        assert!(!pool.refilled(Family::V4, Vec::new()));
+        assert!(pool.take(Family::V4).refill, "the next take may try again");
+    }
 }

@@ -62,7 +62,11 @@ impl NetnsThread {
             .recv()
             .unwrap_or(Err(NetnsError::ThreadGone(target)))?;
         let sockets = Arc::new(SocketPool::default());
-        sockets.refilled(Family::V4, ipv4_sockets);
+        // A short first fill (no file descriptors left) is topped up by the
+        // first take, so no refill stays pending here.
+        if sockets.refilled(Family::V4, ipv4_sockets) {
+            let _ = sockets.refilled(Family::V4, Vec::new());
+        }
         tracing::debug!(netns = %target, "started namespace thread");
         Ok(Self {
             jobs: jobs_tx,
@@ -170,14 +174,14 @@ impl NetnsThread {
             };
             // The thread reports a failed namespace check and stops, so the
             // pool gets nothing from it.
-            let sockets = match check {
-                Ok(()) => create_sockets(family, pool.missing(family)),
-                Err(_) => Vec::new(),
-            };
-            pool.refilled(family, sockets);
+            if check.is_err() {
+                let _ = pool.refilled(family, Vec::new());
+                return;
+            }
+            while pool.refilled(family, create_sockets(family, pool.missing(family))) {}
         });
         if self.submit(job).is_err() {
-            self.sockets.refilled(family, Vec::new());
+            let _ = self.sockets.refilled(family, Vec::new());
         }
     }
 
