@@ -21,6 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::pull::parse_platform;
 use super::run::{run_plan, RunPlan, Signals};
+use super::service_output::OutputPrinter;
 use crate::args::{ComposeArgs, ComposeCommand, ComposeRunArgs, ComposeUpArgs, NetworkMode};
 
 /// How long `compose up` waits for more of the services' last lines after they stopped.
@@ -253,27 +254,14 @@ async fn compose_up(
 async fn run_job(services: &ComposeServices, name: &str) -> anyhow::Result<Arc<Instance>> {
     let reference = services.service(name)?.acquire().await?;
     let instance = reference.instance().clone();
-    let (history, mut lines) = instance.output.history_and_subscribe();
-    for line in history {
-        println!("{name} | {line}");
-    }
-    let mut output_open = true;
+    let mut output = OutputPrinter::start(name, &instance.output);
     let status = loop {
         tokio::select! {
-            line = lines.recv(), if output_open => match line {
-                Ok(OutputLine { text, .. }) => println!("{name} | {text}"),
-                Err(RecvError::Lagged(missed)) => {
-                    eprintln!("mayfly: {missed} lines of {name}'s output were skipped")
-                }
-                Err(RecvError::Closed) => output_open = false,
-            },
+            () = output.print_next() => {}
             status = instance.exited() => break status,
         }
     };
-    // The exit waits until the output is read to its end, so the last lines are here now.
-    while let Ok(OutputLine { text, .. }) = lines.try_recv() {
-        println!("{name} | {text}");
-    }
+    output.print_rest();
     if !status.success() {
         return Err(ServiceError::JobFailed {
             service: name.to_owned(),

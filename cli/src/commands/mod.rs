@@ -6,6 +6,7 @@ mod images;
 mod login;
 mod pull;
 mod run;
+mod service_output;
 mod system;
 mod up;
 

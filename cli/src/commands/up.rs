@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use mayfly_engine::definition::{Change, ExposedPort, Protocol};
-use mayfly_engine::service::{fully_qualified, OutputLine, ServiceCommand, UpPort};
+use mayfly_engine::service::{fully_qualified, ServiceCommand, UpPort};
 use mayfly_engine::{Container, Engine};
 use mayfly_image::reference::Reference;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::container_flags;
 use super::pull::parse_platform;
 use super::run::Signals;
+use super::service_output::OutputPrinter;
 use crate::args::UpArgs;
 use crate::progress::PullProgress;
 
@@ -112,18 +112,10 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
     }
     eprintln!("mayfly: press Ctrl-C to stop");
 
-    let (history, mut lines) = instance.output.history_and_subscribe();
-    for line in history {
-        println!("{name} | {line}");
-    }
-    let mut output_open = true;
+    let mut output = OutputPrinter::start(&name, &instance.output);
     let outcome = loop {
         tokio::select! {
-            line = lines.recv(), if output_open => match line {
-                Ok(OutputLine { text, .. }) => println!("{name} | {text}"),
-                Err(RecvError::Lagged(missed)) => eprintln!("mayfly: {missed} lines of {name}'s output were skipped"),
-                Err(RecvError::Closed) => output_open = false,
-            },
+            () = output.print_next() => {}
             status = published.exited() => break Err(status),
             signal = signals.stop_requested() => {
                 eprintln!("mayfly: {signal} received; stopping {name}");
@@ -134,17 +126,8 @@ pub async fn up(engine: &Arc<Engine>, args: UpArgs) -> anyhow::Result<ExitCode> 
     drop(published);
     engine.stop_services().await;
 
-    // The stop waits until the service's output is read to its end, so its last lines, such
-    // as a request logged just before Ctrl-C, are in the broadcast now.
-    loop {
-        match lines.try_recv() {
-            Ok(OutputLine { text, .. }) => println!("{name} | {text}"),
-            Err(TryRecvError::Lagged(missed)) => {
-                eprintln!("mayfly: {missed} lines of {name}'s output were skipped")
-            }
-            Err(_) => break,
-        }
-    }
+    // Lines written just before Ctrl-C, such as the log of a last request.
+    output.print_rest();
     match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(status) => bail!("service {name} ({hostname}) exited with {status}"),
