@@ -758,11 +758,13 @@ fn up_deadline_hint_flag_works() {
         RUN_LIMIT,
     );
     let elapsed = started.elapsed();
+
     assert_eq!(output.status.code(), Some(125));
     assert!(
         elapsed < Duration::from_secs(10),
         "the flag's 1 s deadline applied, not the environment's 20 s: {elapsed:?}"
     );
+
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("did not accept connections on port 8080 within 1s"),

@@ -237,8 +237,8 @@ async fn compose_up(
     drop(running);
     engine.stop_services().await;
 
-    // The stop waits until each service's output is read to its end, and the forwarding
-    // tasks pass on the last lines within moments; they end when the outputs close.
+    // The stop waits until each service's output is read to its end. The forwarding tasks
+    // then pass on the last lines within moments, and they end when the outputs close.
     while let Ok(Some(line)) = tokio::time::timeout(LAST_LINES_WAIT, lines.recv()).await {
         println!("{line}");
     }

@@ -12,8 +12,8 @@ use mayfly_image::manifest::Descriptor;
 use mayfly_image::pull::{Bytes, LayerSink, LayerWriter};
 use mayfly_image::unpack::{Compression, UnpackOptions, UnpackReport, UnpackWarnings};
 
-/// Chunks of a layer download in flight to its unpacker. Registry responses arrive in chunks
-/// of a few KiB to some tens of KiB, so this holds at most a few MiB per layer.
+/// Number of chunks of a layer download in flight to its unpacker. The HTTP client hands over
+/// chunks of a few KiB to some tens of KiB (an estimate), so this is a few MiB per layer.
 const CHUNKS_IN_FLIGHT: usize = 128;
 
 pub(super) struct UnpackSink {

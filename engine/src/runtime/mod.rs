@@ -179,8 +179,8 @@ pub enum RuntimeError {
     },
 }
 
-/// The first 12 characters of a container ID, as Docker shows them: enough to tell
-/// containers apart in a message, short enough to read.
+/// Returns the first 12 characters of a container ID, as Docker shows them: enough to tell
+/// containers apart in a message, and short enough to read.
 fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }

@@ -850,7 +850,7 @@ fn is_name_resolution_failure(error: &reqwest::Error) -> bool {
     error.is_connect() && error_chain(error).contains("dns error")
 }
 
-/// The host of `registry` (`host[:port]` or `[v6]:port`), without the port.
+/// Returns the host of `registry` (`host[:port]` or `[v6]:port`), without the port.
 fn host_of(registry: &str) -> &str {
     match registry.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
